@@ -1,0 +1,5 @@
+"""`python -m distill` (also what torchrun launches)."""
+
+from distill.cli import main
+
+main()

@@ -1,0 +1,306 @@
+"""The Python API: what the CLI calls, and what notebooks can call too.
+
+    import distill
+    t = distill.teach("digits", {"teacher.epochs": 5}, wandb="disabled")
+    s = distill.student("digits", {"student.T": 4, "student.teacher": str(t.run_dir)})
+    print(s.summary["test"]["accuracy"])
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_model, save_file
+
+from distill.data import DataBundle, load_data, num_batches
+from distill.engine import LoopConfig, TrainState, fit, predict, resolve_device
+from distill.errors import DistillError
+from distill.metrics import agreement, classification_metrics, confusion_matrix, gap_closed, profile_model
+from distill.models import build_model
+from distill.optim import build_optimizer, build_scheduler
+from distill.recipe import Recipe, RoleConfig, dump_recipe, load_recipe
+from distill.report import comparison_table, plot_confusion_matrix, plot_learning_curves
+from distill.teacher import SUMMARY, WEIGHTS, FrozenTeacher, file_sha256, load_teacher, read_summary
+from distill.tracking import MetricsLog, Tracker, create_run_dir, environment, now_iso, write_json
+
+RecipeLike = Recipe | str | Path | None
+
+
+@dataclass
+class RunResult:
+    """A finished run: its folder and its summary (also in ``run_dir/summary.json``)."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def as_recipe(recipe: RecipeLike, overrides: dict[str, Any] | None = None) -> Recipe:
+    """A Recipe from a Recipe, a path, a shipped recipe name, or None (the defaults)."""
+    if isinstance(recipe, Recipe):
+        if not overrides:
+            return recipe
+        from distill.recipe import apply_overrides
+
+        return Recipe.model_validate(apply_overrides(recipe.model_dump(mode="json"), overrides))
+    return load_recipe(recipe, overrides)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA): initialisation and dropout."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def teach(recipe: RecipeLike = None, overrides: dict[str, Any] | None = None, *,
+          name: str | None = None, quiet: bool = False, wandb: str | None = None) -> RunResult:
+    """Train a teacher as the recipe's ``teacher`` section says."""
+    return _train("teacher", as_recipe(recipe, _with_wandb(overrides, wandb)), name, quiet)
+
+
+def student(recipe: RecipeLike = None, overrides: dict[str, Any] | None = None, *,
+            name: str | None = None, quiet: bool = False, wandb: str | None = None) -> RunResult:
+    """Distil a student from a teacher as the recipe's ``student`` section says."""
+    return _train("student", as_recipe(recipe, _with_wandb(overrides, wandb)), name, quiet)
+
+
+def _with_wandb(overrides: dict[str, Any] | None, mode: str | None) -> dict[str, Any]:
+    merged = dict(overrides or {})
+    if mode is not None:
+        merged["wandb.mode"] = mode
+    return merged
+
+
+def _run_prefix(recipe: Recipe, role: str) -> str:
+    if recipe.name:
+        return f"{recipe.name}-{role}"
+    dataset = recipe.data.name
+    if dataset.startswith("imagefolder:"):
+        dataset = Path(dataset.split(":", 1)[1]).name or "imagefolder"
+    return f"{'teach' if role == 'teacher' else 'student'}-{dataset}"
+
+
+def _progress(console: Console, quiet: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"),
+                    TextColumn("{task.fields[speed]:,.0f} img/s"), TimeElapsedColumn(),
+                    console=console, transient=True,
+                    disable=quiet or not console.is_terminal)
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    line = f"epoch {record['epoch']:>3}/{epochs}  train_loss {record['train_loss']:.4f}"
+    if "val_accuracy" in record:
+        line += f"  val_loss {record['val_loss']:.4f}  val_acc {100 * record['val_accuracy']:.2f}%"
+    return line + f"  {record['images_per_second']:,.0f} img/s"
+
+
+def _train(role: str, recipe: Recipe, name: str | None, quiet: bool) -> RunResult:
+    console = Console(stderr=True, quiet=quiet)
+    cfg: RoleConfig = recipe.teacher if role == "teacher" else recipe.student
+    device = resolve_device(recipe.device)
+    data = load_data(recipe.data)
+    teacher, source = None, None
+    if role == "student":
+        teacher, source = load_teacher(recipe.student.teacher, recipe.student.teacher_model,
+                                       data.info, Path(recipe.output_dir))
+    seed_everything(recipe.seed)
+    model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
+                        **cfg.model.build_options())
+    run_dir = create_run_dir(Path(recipe.output_dir), _run_prefix(recipe, role), name)
+    console.print(f"run folder: {run_dir}")
+    dump_recipe(recipe, run_dir / "recipe.yaml")
+    write_json(run_dir / "environment.json", environment(str(device)))
+
+    data = data.to(device)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, num_batches(len(data.train), cfg.batch_size),
+                                cfg.epochs)
+    state = TrainState(model, optimizer, scheduler)
+    loop = LoopConfig(cfg.epochs, cfg.batch_size, recipe.data.data_seed,
+                      T=getattr(cfg, "T", 1.0), alpha=getattr(cfg, "alpha", 0.0),
+                      label_smoothing=cfg.label_smoothing, grad_clip=cfg.optim.grad_clip)
+    job_type = "teach" if role == "teacher" else "student"
+    tracker = Tracker(recipe.wandb, run_dir, job_type, recipe.model_dump(mode="json"), console)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    start = time.perf_counter()
+    try:
+        with _progress(console, quiet) as progress:
+            def on_epoch(record: dict[str, Any]) -> None:
+                log.append(record)
+                tracker.log(record, step=record["epoch"])
+                progress.console.print(_epoch_line(record, cfg.epochs))
+
+            history = fit(state, data, loop, teacher, on_epoch,
+                          progress if progress.live.is_started else None)
+        summary = _finish(role, recipe, run_dir, state, data, teacher, source, history,
+                          time.perf_counter() - start, tracker)
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish()
+    Console(quiet=quiet).print(_summary_table(summary))
+    return RunResult(run_dir, summary)
+
+
+def _finish(role: str, recipe: Recipe, run_dir: Path, state: TrainState, data: DataBundle,
+            teacher: FrozenTeacher | None, source, history: list[dict[str, Any]],
+            wall: float, tracker: Tracker) -> dict[str, Any]:
+    """Export weights, evaluate on test, plot, and write ``summary.json`` (written last)."""
+    cfg: RoleConfig = recipe.teacher if role == "teacher" else recipe.student
+    weights = run_dir / WEIGHTS
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.model.state_dict().items()},
+              str(weights))
+    best = None
+    if state.best_weights is not None:
+        save_file({k: v.contiguous() for k, v in state.best_weights.items()},
+                  str(run_dir / "best.safetensors"))
+        best = {"epoch": state.best_epoch, "val_accuracy": state.best_val_accuracy,
+                "weights": "best.safetensors"}
+    baseline = read_baseline(recipe.student.baseline) if role == "student" else None
+    evaluation = evaluate_model(state.model, data, teacher, baseline, run_dir)
+    plot_learning_curves(history, run_dir / "learning_curves.png", title=run_dir.name)
+    summary = {
+        "role": role, "run": run_dir.name, "dataset": data.info.name,
+        "num_classes": data.info.num_classes, "in_shape": list(data.info.in_shape),
+        "data": data.description, "data_fingerprint": data.fingerprint(),
+        "model": {"name": cfg.model.name, "options": cfg.model.build_options()},
+        "weights": WEIGHTS, "weights_sha256": file_sha256(weights),
+        "seed": recipe.seed, "epochs": cfg.epochs, "recipe_fingerprint": recipe.fingerprint(),
+        "final_epoch": history[-1] if history else None,
+        "best_on_val": best,
+        **evaluation,
+        "wall_seconds": round(wall, 2), "finished_at": now_iso(),
+    }
+    if role == "student":
+        summary["kd"] = {"T": recipe.student.T, "alpha": recipe.student.alpha}
+        summary["teacher"] = {**source.as_dict(), **summary.get("teacher", {})}
+    tracker.summary(_flat(summary))
+    tracker.log_image("learning_curves", run_dir / "learning_curves.png")
+    tracker.log_image("confusion_matrix", run_dir / "confusion_matrix.png")
+    tracker.log_weights(weights, f"{run_dir.name}-weights", {"sha256": summary["weights_sha256"]})
+    write_json(run_dir / SUMMARY, summary)
+    return summary
+
+
+def read_baseline(spec: str | None) -> dict[str, Any] | None:
+    """A baseline run's summary (for the share of the teacher-baseline gap closed)."""
+    if spec is None:
+        return None
+    summary = read_summary(Path(spec))
+    if summary is None:
+        raise DistillError(f"--baseline {spec}: not a finished run (no {SUMMARY})")
+    return summary
+
+
+def evaluate_model(model: torch.nn.Module, data: DataBundle, teacher: FrozenTeacher | None,
+                   baseline: dict[str, Any] | None, out_dir: Path | None) -> dict[str, Any]:
+    """Test metrics, confusion matrix, cost; for a student the teacher's figures too."""
+    labels = data.test.labels.cpu()
+    logits = predict(model, data.test, data.info)
+    result: dict[str, Any] = {"test": classification_metrics(logits, labels)}
+    result["profile"] = profile_model(model, data.info.in_shape, data.train.images.device)
+    if out_dir is not None:
+        cm = confusion_matrix(logits.argmax(1), labels, data.info.num_classes)
+        plot_confusion_matrix(cm, data.info.class_names, out_dir / "confusion_matrix.png",
+                              title=f"{out_dir.name}: test")
+    if teacher is not None:
+        t_logits = predict(teacher, data.test, data.info)
+        t_test = classification_metrics(t_logits, labels)
+        result["teacher"] = {"test": t_test,
+                             "profile": profile_model(teacher.model, data.info.in_shape,
+                                                      data.train.images.device)}
+        result["agreement_with_teacher"] = agreement(logits, t_logits)
+        if baseline is not None:
+            base_acc = baseline["test"]["accuracy"]
+            result["baseline"] = {"run": baseline.get("run"), "test_accuracy": base_acc}
+            result["gap_closed"] = gap_closed(result["test"]["accuracy"], t_test["accuracy"],
+                                              base_acc)
+    return result
+
+
+def _flat(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested summary -> flat ``a/b`` keys of numbers and strings (for wandb)."""
+    flat: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _summary_table(summary: dict[str, Any]):
+    """Test metrics of the run (and of its teacher) as a metric x model table."""
+    keys = ["accuracy", "errors", "top5", "macro_f1", "nll", "ece", "agreement", "gap_closed",
+            "params", "macs_per_image", "latency_ms_per_batch"]
+    mine = {**summary["test"], **summary["profile"],
+            "agreement": summary.get("agreement_with_teacher"),
+            "gap_closed": summary.get("gap_closed")}
+    models = [(summary["role"], mine)]
+    if "teacher" in summary and "test" in summary["teacher"]:
+        models.append(("teacher", {**summary["teacher"]["test"],
+                                   **summary["teacher"]["profile"]}))
+    best = summary.get("best_on_val")
+    title = f"{summary['run']}: test set ({summary['dataset']}), last epoch's model"
+    if best:
+        title += f"\n(best on validation: epoch {best['epoch']}, {100 * best['val_accuracy']:.2f}%)"
+    return comparison_table(title, models, keys)
+
+
+def evaluate(run: str | Path, baseline: str | Path | None = None, data_dir: str | None = None,
+             device: str = "auto", plots: bool = True) -> dict[str, Any]:
+    """Re-evaluate a finished run on its test split (same data, same preprocessing).
+
+    For a student, the teacher is loaded from where the run recorded it and must still
+    have the recorded sha256.
+    """
+    run = Path(run)
+    summary = read_summary(run)
+    if summary is None:
+        raise DistillError(f"{run}: not a finished run (no {SUMMARY})")
+    overrides = {"data.data_dir": data_dir} if data_dir else {}
+    recipe = load_recipe(run / "recipe.yaml", overrides)
+    dev = resolve_device(device)
+    data = load_data(recipe.data)
+    spec = summary["model"]
+    model = build_model(spec["name"], data.info.in_shape, data.info.num_classes, **spec["options"])
+    load_model(model, str(run / WEIGHTS))
+    teacher = None
+    if summary["role"] == "student":
+        info = summary["teacher"]
+        teacher, _ = load_teacher(info["location"], info["model"]["name"], data.info, run.parent)
+        if info.get("sha256") and file_sha256(_teacher_weights(info)) != info["sha256"]:
+            raise DistillError(f"teacher {info['location']} changed since {run} was trained "
+                               f"(sha256 differs)")
+        teacher.to(dev)
+    data = data.to(dev)
+    model.to(dev)
+    base = read_baseline(str(baseline)) if baseline else None
+    result = evaluate_model(model, data, teacher, base, run if plots else None)
+    result["run"] = summary["run"]
+    result["role"] = summary["role"]
+    result["dataset"] = summary["dataset"]
+    result["best_on_val"] = summary.get("best_on_val")
+    return result
+
+
+def _teacher_weights(info: dict[str, Any]) -> Path:
+    location = Path(info["location"])
+    return location / WEIGHTS if location.is_dir() else location
+
+
+def eval_table(result: dict[str, Any]):
+    """The table `distill eval` prints."""
+    return _summary_table({**result, "profile": result["profile"]})

@@ -1,0 +1,212 @@
+"""The `distill` command line: typer commands only, no training logic.
+
+Flags become dotted recipe overrides (``--T 4`` -> ``student.T = 4``); ``--set key=value``
+reaches any recipe field. Every user error is one line on stderr and exit code 2
+(``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from distill.errors import DistillError
+
+app = typer.Typer(
+    help="Knowledge distillation: train a teacher, distil a student, evaluate, compare.\n\n"
+         "Quick start (embedded digits data, no network): distill teach; distill student --T 4",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+err = Console(stderr=True)
+
+# ----------------------------------------------------------------------------- options
+
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe YAML path, or a shipped recipe "
+                         "name (digits, mnist_hinton, cifar10_resnet). Default: the digits defaults.")
+SetOpt = typer.Option(None, "--set", help="Override any recipe field: --set teacher.optim.lr=0.01 "
+                      "(repeatable; values are read as YAML).")
+DatasetOpt = typer.Option(None, "--dataset", help="digits | mnist | fashion-mnist | cifar10 | "
+                          "cifar100 | imagefolder:<path>  (data.name)")
+DataDirOpt = typer.Option(None, "--data-dir", help="Folder holding the dataset's official files "
+                          "(data.data_dir; default $DISTILL_DATA_DIR).")
+ValSizeOpt = typer.Option(None, "--val-size", help="Validation split carved from train: fraction "
+                          "< 1 or a count; 0 = train on everything (data.val_size).")
+ModelOpt = typer.Option(None, "--model", help="Model name, see `distill models` (<role>.model.name).")
+EpochsOpt = typer.Option(None, "--epochs", help="Epochs (<role>.epochs).")
+BatchOpt = typer.Option(None, "--batch-size", help="Batch size (<role>.batch_size).")
+LrOpt = typer.Option(None, "--lr", help="Learning rate (<role>.optim.lr).")
+OptimOpt = typer.Option(None, "--optimizer", help="sgd | momentum | nesterov | adam | adamw | "
+                        "lookahead_<inner> (<role>.optim.name).")
+SeedOpt = typer.Option(None, "--seed", help="Seed for initialisation and dropout.")
+DataSeedOpt = typer.Option(None, "--data-seed", help="Seed for the validation split and batch "
+                           "order (data.data_seed).")
+DeviceOpt = typer.Option(None, "--device", help="auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps.")
+NameOpt = typer.Option(None, "--name", help="Run folder name under the output dir (must be new).")
+OutputOpt = typer.Option(None, "--output-dir", help="Where run folders go (default outputs/).")
+WandbOpt = typer.Option(None, "--wandb", help="auto (online if logged in, else offline) | online "
+                        "| offline | disabled.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines.")
+DebugOpt = typer.Option(False, "--debug", help="Show the traceback of an error.")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Run a command; a DistillError becomes one line on stderr and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = kwargs.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except DistillError as exc:
+            if debug:
+                raise
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+    return wrapper
+
+
+def _overrides(role: str, sets: list[str] | None, **flags: Any) -> dict[str, Any]:
+    """Flags -> dotted overrides for ``role`` (teacher/student); --set wins over flags."""
+    from distill.recipe import parse_set
+
+    mapping = {"dataset": "data.name", "data_dir": "data.data_dir", "val_size": "data.val_size",
+               "data_seed": "data.data_seed", "seed": "seed", "device": "device",
+               "output_dir": "output_dir", "wandb": "wandb.mode",
+               "model": f"{role}.model.name", "epochs": f"{role}.epochs",
+               "batch_size": f"{role}.batch_size", "lr": f"{role}.optim.lr",
+               "optimizer": f"{role}.optim.name", "T": "student.T", "alpha": "student.alpha",
+               "teacher": "student.teacher", "teacher_model": "student.teacher_model",
+               "baseline": "student.baseline"}
+    out = {mapping[k]: v for k, v in flags.items() if v is not None}
+    for assignment in sets or []:
+        key, value = parse_set(assignment)
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- commands
+
+@app.command()
+@user_errors
+def teach(recipe: Optional[str] = RecipeOpt, dataset: Optional[str] = DatasetOpt,
+          data_dir: Optional[str] = DataDirOpt, val_size: Optional[float] = ValSizeOpt,
+          model: Optional[str] = ModelOpt, epochs: Optional[int] = EpochsOpt,
+          batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt,
+          optimizer: Optional[str] = OptimOpt, seed: Optional[int] = SeedOpt,
+          data_seed: Optional[int] = DataSeedOpt, device: Optional[str] = DeviceOpt,
+          name: Optional[str] = NameOpt, output_dir: Optional[str] = OutputOpt,
+          wandb: Optional[str] = WandbOpt, set_: Optional[list[str]] = SetOpt,
+          quiet: bool = QuietOpt, debug: bool = DebugOpt) -> None:
+    """Train a teacher (the recipe's `teacher` section) and write outputs/<run>/.
+
+    Example: distill teach --recipe mnist_hinton --data-dir ../shared/data
+    """
+    from distill.api import teach as run_teach
+
+    overrides = _overrides("teacher", set_, dataset=dataset, data_dir=data_dir,
+                           val_size=val_size, model=model, epochs=epochs, batch_size=batch_size,
+                           lr=lr, optimizer=optimizer, seed=seed, data_seed=data_seed,
+                           device=device, output_dir=output_dir, wandb=wandb)
+    run_teach(recipe, overrides, name=name, quiet=quiet)
+
+
+@app.command()
+@user_errors
+def student(recipe: Optional[str] = RecipeOpt,
+            T: Optional[float] = typer.Option(None, "--T", help="Temperature of the soft term "
+                                              "(> 0; student.T)."),
+            alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the soft "
+                                                  "term in [0, 1]; 1 - alpha weighs the labels "
+                                                  "(student.alpha)."),
+            teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher run folder, "
+                                                  "weights file (.safetensors / state dict) or "
+                                                  "timm:<name>. Default: the newest finished "
+                                                  "teacher run for the dataset."),
+            teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="Model "
+                                                        "name for a bare teacher weights file."),
+            baseline: Optional[str] = typer.Option(None, "--baseline", help="A baseline student "
+                                                   "run, to report the share of the "
+                                                   "teacher-baseline gap closed."),
+            dataset: Optional[str] = DatasetOpt, data_dir: Optional[str] = DataDirOpt,
+            val_size: Optional[float] = ValSizeOpt, model: Optional[str] = ModelOpt,
+            epochs: Optional[int] = EpochsOpt, batch_size: Optional[int] = BatchOpt,
+            lr: Optional[float] = LrOpt, optimizer: Optional[str] = OptimOpt,
+            seed: Optional[int] = SeedOpt, data_seed: Optional[int] = DataSeedOpt,
+            device: Optional[str] = DeviceOpt, name: Optional[str] = NameOpt,
+            output_dir: Optional[str] = OutputOpt, wandb: Optional[str] = WandbOpt,
+            set_: Optional[list[str]] = SetOpt, quiet: bool = QuietOpt,
+            debug: bool = DebugOpt) -> None:
+    """Distil a student from a teacher with
+    loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y).
+
+    Example: distill student --T 4 --alpha 0.9
+    """
+    from distill.api import student as run_student
+
+    overrides = _overrides("student", set_, T=T, alpha=alpha, teacher=teacher,
+                           teacher_model=teacher_model, baseline=baseline, dataset=dataset,
+                           data_dir=data_dir, val_size=val_size, model=model, epochs=epochs,
+                           batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
+                           data_seed=data_seed, device=device, output_dir=output_dir,
+                           wandb=wandb)
+    run_student(recipe, overrides, name=name, quiet=quiet)
+
+
+@app.command("eval")
+@user_errors
+def eval_(run: Path = typer.Argument(..., help="A finished run folder (outputs/<run>)."),
+          baseline: Optional[str] = typer.Option(None, "--baseline", help="A baseline student "
+                                                 "run, for the share of the gap closed."),
+          data_dir: Optional[str] = DataDirOpt, device: str = typer.Option("auto", "--device"),
+          json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+          debug: bool = DebugOpt) -> None:
+    """Evaluate a finished run on its test split: accuracy, top-5, macro F1, NLL, ECE,
+    confusion matrix, parameters, MACs, latency; for a student the teacher's figures,
+    agreement with the teacher and the share of the gap closed.
+    """
+    import json
+
+    from distill.api import eval_table, evaluate
+
+    result = evaluate(run, baseline, data_dir, device)
+    if json_out:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        Console().print(eval_table(result))
+
+
+@app.command()
+def models() -> None:
+    """List the model names (any timm model too, as timm:<name>)."""
+    from distill.models import list_models
+
+    table = Table("model", "description", title="models (also timm:<name> for any timm model)")
+    for name, description in list_models().items():
+        table.add_row(name, description)
+    Console().print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """List the dataset names and where their files come from."""
+    from distill.data import DATA_DIR_ENV, list_datasets
+
+    table = Table("dataset", "description",
+                  title=f"datasets (files from --data-dir or ${DATA_DIR_ENV})")
+    for name, description in list_datasets().items():
+        table.add_row(name, description)
+    Console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="distill")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

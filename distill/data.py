@@ -1,0 +1,463 @@
+"""The one data layer, shared by teacher and student.
+
+Every dataset is loaded by name into memory as uint8 images ``[N, C, H, W]`` and int64 labels
+``[N]``, split into train / validation / test, and served in batches of normalised float32
+images on the training device.
+
+- ``digits``: scikit-learn's 8x8 handwritten digits (embedded, no network). It has no official
+  test split, so a fixed 20% (independent of every seed) is held out as test.
+- ``mnist``, ``fashion-mnist``: the official IDX files (gzipped or not) from ``data_dir``;
+  torchvision's downloader is tried when they are missing and ``download`` is on.
+- ``cifar10``, ``cifar100``: torchvision's CIFAR python batches.
+- ``imagefolder:<path>``: ``<path>/train/<class>/*.jpg``, optional ``val/`` and ``test/``.
+
+Seeds: ``data_seed`` alone fixes the validation split and the order of batches in each epoch,
+so runs that differ only in ``seed`` see the same batches in the same order. Normalisation
+constants depend on the dataset only (the full official training set), never on the split,
+so a teacher and its student always see identically preprocessed inputs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distill.errors import DataError, RecipeError
+from distill.recipe import DataConfig
+
+DATA_DIR_ENV = "DISTILL_DATA_DIR"
+_TEST_CARVE_SEED = 2015  # fixed: a carved test split never depends on a user seed
+_TEST_CARVE_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What models and reports need to know about a dataset."""
+
+    name: str
+    in_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    class_names: list[str]
+    mean: tuple[float, ...]  # per channel, of images scaled to [0, 1]
+    std: tuple[float, ...]
+
+
+@dataclass
+class Split:
+    """One split held in memory: ``images`` uint8 [N, C, H, W], ``labels`` int64 [N]."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class DataBundle:
+    """A dataset ready to train on: info plus train, optional validation, and test splits."""
+
+    info: DataInfo
+    train: Split
+    val: Split | None
+    test: Split
+    description: dict = field(default_factory=dict)  # sizes, seed, source: for the run folder
+
+    def to(self, device: torch.device | str) -> "DataBundle":
+        val = self.val.to(device) if self.val is not None else None
+        return DataBundle(self.info, self.train.to(device), val, self.test.to(device),
+                          self.description)
+
+    def fingerprint(self) -> str:
+        """A short hash of what the training data are (name, split, sizes, label content)."""
+        h = hashlib.sha256(repr(sorted(self.description.items())).encode())
+        h.update(self.train.labels.cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- batching
+
+def normalize(images: Tensor, info: DataInfo) -> Tensor:
+    """uint8 [N, C, H, W] -> float32 [N, C, H, W], scaled to [0, 1] then standardised."""
+    mean = torch.tensor(info.mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, device=images.device).view(1, -1, 1, 1)
+    return (images.float().div_(255.0) - mean) / std
+
+
+def epoch_order(n: int, data_seed: int, epoch: int, device: torch.device | str = "cpu") -> Tensor:
+    """The permutation of ``n`` training indices for ``epoch``: a function of data_seed only."""
+    gen = torch.Generator().manual_seed(data_seed * 1_000_003 + epoch + 1)
+    return torch.randperm(n, generator=gen).to(device)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """Batches per epoch; a trailing batch of one sample is dropped (BatchNorm cannot use it)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 else 0)
+
+
+def train_batches(split: Split, info: DataInfo, batch_size: int, data_seed: int, epoch: int,
+                  start: int = 0, augment: Callable[[Tensor], Tensor] | None = None
+                  ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shuffled training batches ``(x float32 [B, C, H, W], y int64 [B])`` of one epoch.
+
+    ``start`` skips the first batches (for resuming mid-epoch); ``augment`` acts on uint8
+    batches on the device.
+    """
+    order = epoch_order(len(split), data_seed, epoch, split.images.device)
+    for b in range(start, num_batches(len(split), batch_size)):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        images = split.images[idx]
+        if augment is not None:
+            images = augment(images)
+        yield normalize(images, info), split.labels[idx]
+
+
+def eval_batches(split: Split, info: DataInfo, batch_size: int = 1000
+                 ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches of a split in its stored order, never augmented."""
+    for i in range(0, len(split), batch_size):
+        yield normalize(split.images[i:i + batch_size], info), split.labels[i:i + batch_size]
+
+
+# ----------------------------------------------------------------------------- registry
+
+_LOADERS: dict[str, tuple[Callable[[DataConfig], tuple], str]] = {}
+
+
+def _register(name: str, description: str):
+    def wrap(fn):
+        _LOADERS[name] = (fn, description)
+        return fn
+    return wrap
+
+
+def list_datasets() -> dict[str, str]:
+    """Dataset names -> one-line descriptions, for `distill datasets`."""
+    names = {name: desc for name, (_, desc) in _LOADERS.items()}
+    names["imagefolder:<path>"] = ("any folder in ImageFolder layout: train/<class>/*, "
+                                   "optional val/ and test/")
+    return names
+
+
+def default_data_dir() -> Path | None:
+    """$DISTILL_DATA_DIR when set (CI sets it to the shared data folder), else None."""
+    value = os.environ.get(DATA_DIR_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def load_data(cfg: DataConfig) -> DataBundle:
+    """Load, split and check a dataset by name (see the module docstring)."""
+    name = cfg.name
+    if name.startswith("imagefolder:"):
+        train, val, test, info = _load_imagefolder(cfg, Path(name.split(":", 1)[1]))
+    elif name in _LOADERS:
+        train, val, test, info = _LOADERS[name][0](cfg)
+    else:
+        known = ", ".join(sorted(_LOADERS)) + ", imagefolder:<path>"
+        raise RecipeError(f"unknown dataset '{name}'; known datasets: {known}")
+    if val is None:
+        train, val = carve(train, cfg.val_size, cfg.data_seed)
+    if cfg.subset is not None:
+        train = Split(train.images[:cfg.subset], train.labels[:cfg.subset])
+    if cfg.test_subset is not None:
+        test = Split(test.images[:cfg.test_subset], test.labels[:cfg.test_subset])
+    for split_name, split in (("train", train), ("val", val), ("test", test)):
+        if split is not None:
+            _check_split(name, split_name, split, info.num_classes)
+    description = {"dataset": name, "train": len(train), "val": len(val) if val else 0,
+                   "test": len(test), "data_seed": cfg.data_seed, "subset": cfg.subset,
+                   "in_shape": list(info.in_shape), "num_classes": info.num_classes}
+    return DataBundle(info, train, val, test, description)
+
+
+def carve(split: Split, val_size: float, data_seed: int) -> tuple[Split, Split | None]:
+    """Split off a validation set: ``val_size`` < 1 is a fraction, >= 1 a count, 0 none.
+
+    Indices on both sides keep their original order; which ones go where depends only on
+    ``data_seed``.
+    """
+    n = len(split)
+    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
+    if n_val == 0:
+        return split, None
+    if n_val >= n:
+        raise RecipeError(f"data.val_size: {val_size} leaves no training data "
+                          f"(the training set has {n} images)")
+    gen = torch.Generator().manual_seed(data_seed)
+    perm = torch.randperm(n, generator=gen)
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return (Split(split.images[train_idx], split.labels[train_idx]),
+            Split(split.images[val_idx], split.labels[val_idx]))
+
+
+def _check_split(dataset: str, split_name: str, split: Split, num_classes: int) -> None:
+    if len(split) == 0:
+        raise DataError(f"dataset '{dataset}': the {split_name} split is empty")
+    lo, hi = int(split.labels.min()), int(split.labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(f"dataset '{dataset}': {split_name} labels must lie in "
+                        f"[0, {num_classes - 1}], found {lo if lo < 0 else hi}")
+
+
+def _stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images [N, C, H, W] scaled to [0, 1]."""
+    x = images.float().div(255.0).transpose(0, 1).reshape(images.shape[1], -1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-6).tolist())
+
+
+def _info(name: str, images: Tensor, class_names: list[str]) -> DataInfo:
+    mean, std = _stats(images)
+    shape = tuple(int(s) for s in images.shape[1:])
+    return DataInfo(name, shape, len(class_names), class_names, mean, std)  # type: ignore[arg-type]
+
+
+def _carve_test(images: Tensor, labels: Tensor) -> tuple[Split, Split]:
+    """A fixed held-out test split for datasets that ship none (independent of every seed)."""
+    n = labels.shape[0]
+    gen = torch.Generator().manual_seed(_TEST_CARVE_SEED)
+    perm = torch.randperm(n, generator=gen)
+    n_test = int(round(_TEST_CARVE_FRACTION * n))
+    test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+    return Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx])
+
+
+# ----------------------------------------------------------------------------- digits
+
+@_register("digits", "scikit-learn's 8x8 handwritten digits, 1797 images, embedded (no network)")
+def _load_digits(cfg: DataConfig):
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = torch.from_numpy(bunch.images).float()  # [1797, 8, 8], values 0..16
+    images = (pixels * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target).long()
+    train, test = _carve_test(images, labels)
+    info = _info("digits", train.images, [str(d) for d in range(10)])
+    return train, None, test, info
+
+
+# ----------------------------------------------------------------------------- MNIST family
+
+_IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_MNIST_FAMILY = {
+    # name: (folder names tried under data_dir, torchvision class, class names)
+    "mnist": (["mnist", "MNIST/raw", "MNIST"], "MNIST", [str(d) for d in range(10)]),
+    "fashion-mnist": (["fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST"],
+                      "FashionMNIST",
+                      ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                       "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+}
+
+
+def read_idx(path: Path) -> Tensor:
+    """Read an IDX file (gzipped or not) into a uint8 tensor, checking its size.
+
+    Images come back as [N, 28, 28], labels as [N].
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot be read ({exc}); the file is truncated or corrupted, "
+                        "get it again") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad header)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(raw) - offset != expected:
+        raise DataError(f"{path}: holds {len(raw) - offset} bytes of data, expected {expected} "
+                        f"for shape {tuple(dims)}; the file is truncated or corrupted, get it again")
+    data = np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+    return torch.from_numpy(data.copy())
+
+
+def _find_idx_files(folders: list[Path]) -> dict[str, Path] | None:
+    for folder in folders:
+        found = {}
+        for key, stem in _IDX_FILES.items():
+            for candidate in (folder / stem, folder / f"{stem}.gz"):
+                if candidate.is_file():
+                    found[key] = candidate
+                    break
+        if len(found) == len(_IDX_FILES):
+            return found
+    return None
+
+
+def _data_roots(cfg: DataConfig) -> list[Path]:
+    roots = [Path(cfg.data_dir).expanduser()] if cfg.data_dir else []
+    env = default_data_dir()
+    if env is not None and env not in roots:
+        roots.append(env)
+    return roots or [Path("data")]
+
+
+def _try_download(cls_name: str, root: Path) -> str | None:
+    """Run torchvision's downloader; returns None on success or the reason it failed."""
+    import socket
+
+    import torchvision.datasets as tvd
+
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        for train in (True, False):
+            getattr(tvd, cls_name)(str(root), train=train, download=True)
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not downloadable here"
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _load_mnist_family(cfg: DataConfig):
+    subdirs, cls_name, class_names = _MNIST_FAMILY[cfg.name]
+    roots = _data_roots(cfg)
+    folders = [root / sub for root in roots for sub in ["", *subdirs]]
+    files = _find_idx_files(folders)
+    reason = "download is off (data.download: false)"
+    if files is None and cfg.download:
+        reason = _try_download(cls_name, roots[0]) or ""
+        files = _find_idx_files(folders)
+        reason = f"download failed: {reason}" if reason else reason
+    if files is None:
+        looked = ", ".join(str(f) for f in folders)
+        names = ", ".join(f"{stem}[.gz]" for stem in _IDX_FILES.values())
+        raise DataError(f"{cfg.name}: files not found ({names}); looked in: {looked}; {reason}. "
+                        f"Put the four official IDX files in a folder and pass --data-dir "
+                        f"<folder> (or set {DATA_DIR_ENV})")
+    train_images = read_idx(files["train_images"]).unsqueeze(1)
+    train_labels = read_idx(files["train_labels"]).long()
+    test_images = read_idx(files["test_images"]).unsqueeze(1)
+    test_labels = read_idx(files["test_labels"]).long()
+    for kind, imgs, labs in (("train", train_images, train_labels),
+                             ("test", test_images, test_labels)):
+        if imgs.shape[0] != labs.shape[0]:
+            raise DataError(f"{cfg.name}: {kind} images ({imgs.shape[0]}) and labels "
+                            f"({labs.shape[0]}) differ in number; a file is from another dataset")
+    info = _info(cfg.name, train_images, class_names)
+    return Split(train_images, train_labels), None, Split(test_images, test_labels), info
+
+
+for _name, _desc in (("mnist", "MNIST, 60000 + 10000 28x28 grey digits (official IDX files)"),
+                     ("fashion-mnist", "Fashion-MNIST, 60000 + 10000 28x28 grey clothes")):
+    _register(_name, _desc)(_load_mnist_family)
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+_CIFAR = {"cifar10": ("CIFAR10", "cifar-10-batches-py"), "cifar100": ("CIFAR100", "cifar-100-python")}
+
+
+def _load_cifar(cfg: DataConfig):
+    import torchvision.datasets as tvd
+
+    cls_name, folder = _CIFAR[cfg.name]
+    roots = _data_roots(cfg)
+    candidates = [r for root in roots for r in (root, root / cfg.name)]
+    root = next((r for r in candidates if (r / folder).is_dir()), None)
+    reason = "download is off (data.download: false)"
+    if root is None and cfg.download:
+        failure = _try_download(cls_name, roots[0])
+        root = roots[0] if failure is None else None
+        reason = f"download failed: {failure}"
+    if root is None:
+        looked = ", ".join(str(r / folder) for r in candidates)
+        raise DataError(f"{cfg.name}: the python batches folder '{folder}' was not found; looked "
+                        f"in: {looked}; {reason}. Extract the official CIFAR python archive into "
+                        f"a folder and pass --data-dir <folder> (or set {DATA_DIR_ENV}); a JPEG "
+                        f"copy in ImageFolder layout loads as imagefolder:<path>")
+    try:
+        train = getattr(tvd, cls_name)(str(root), train=True, download=False)
+        test = getattr(tvd, cls_name)(str(root), train=False, download=False)
+    except Exception as exc:  # noqa: BLE001 - torchvision raises bare RuntimeErrors
+        raise DataError(f"{root / folder}: cannot be read ({exc}); get the files again") from None
+
+    def to_split(ds) -> Split:
+        images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        return Split(images, torch.as_tensor(ds.targets, dtype=torch.long))
+
+    tr, te = to_split(train), to_split(test)
+    return tr, None, te, _info(cfg.name, tr.images, list(train.classes))
+
+
+_register("cifar10", "CIFAR-10, 50000 + 10000 32x32 colour images (torchvision batches)")(_load_cifar)
+_register("cifar100", "CIFAR-100, 50000 + 10000 32x32 colour images, 100 classes")(_load_cifar)
+
+
+# ----------------------------------------------------------------------------- ImageFolder
+
+def _read_image_folder(folder: Path, classes: list[str] | None, size: int | None
+                       ) -> tuple[Tensor, Tensor, list[str]]:
+    """Decode every image of an ImageFolder split into uint8 [N, C, H, W] and labels [N]."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = classes or found
+    if found != classes:
+        raise DataError(f"{folder}: class folders {found} differ from train/'s {classes}")
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
+    items = [(p, label) for label, c in enumerate(classes)
+             for p in sorted((folder / c).iterdir()) if p.suffix.lower() in exts]
+    if not items:
+        raise DataError(f"{folder}: no images found in its class folders")
+
+    def decode(item: tuple[Path, int]) -> np.ndarray:
+        path = item[0]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if size is not None:
+                    img = img.resize((size, size), Image.BILINEAR)
+                return np.asarray(img, dtype=np.uint8)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot be decoded ({exc})") from None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        arrays = list(pool.map(decode, items))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DataError(f"{folder}: images differ in size ({sorted(shapes)[:3]} ...); set "
+                        f"data.image_size to resize them all")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([label for _, label in items], dtype=torch.long)
+    return images, labels, classes
+
+
+def _load_imagefolder(cfg: DataConfig, root: Path):
+    root = root.expanduser()
+    if not (root / "train").is_dir():
+        raise DataError(f"imagefolder: {root / 'train'} is not a folder; expected "
+                        f"<path>/train/<class>/*.jpg (optional val/ and test/)")
+    tr_x, tr_y, classes = _read_image_folder(root / "train", None, cfg.image_size)
+    train = Split(tr_x, tr_y)
+    val = None
+    if (root / "val").is_dir() and cfg.val_size > 0:
+        val = Split(*_read_image_folder(root / "val", classes, cfg.image_size)[:2])
+    if (root / "test").is_dir():
+        test = Split(*_read_image_folder(root / "test", classes, cfg.image_size)[:2])
+    else:
+        train, test = _carve_test(train.images, train.labels)
+    return train, val, test, _info(f"imagefolder:{root}", tr_x, classes)

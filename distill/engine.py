@@ -1,0 +1,183 @@
+"""The one training loop, shared by teacher and student, and evaluation.
+
+A teacher's step is ``model(x) -> cross-entropy``; a student's step only adds the frozen
+teacher's logits and the distillation loss (``distill/losses.py``). Everything a run needs to
+continue lives in one :class:`TrainState`, so checkpoints and resume have one place to look.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.data import DataBundle, DataInfo, Split, eval_batches, num_batches, train_batches
+from distill.errors import DistillError
+from distill.losses import distillation_loss
+from distill.teacher import FrozenTeacher
+
+LOG_EVERY = 25  # steps between progress updates (each one synchronises with the device)
+
+
+@dataclass
+class LoopConfig:
+    """What the loop does each step; the same for teacher (``teacher=None``) and student."""
+
+    epochs: int
+    batch_size: int
+    data_seed: int
+    T: float = 1.0
+    alpha: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainState:
+    """All mutable training state in one place (model, optimizer, schedule, counters)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_val_accuracy: float | None = None
+    best_epoch: int | None = None
+    best_weights: dict[str, Tensor] | None = field(default=None, repr=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
+                "step": self.step, "best_val_accuracy": self.best_val_accuracy,
+                "best_epoch": self.best_epoch}
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """``auto`` picks cuda > mps > cpu; anything else is checked and used as given."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise DistillError(f"device '{requested}': not a device name; use auto, cpu, cuda, "
+                           f"cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DistillError(f"device '{requested}': CUDA is not available here; use --device cpu "
+                           f"or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DistillError(f"device '{requested}': MPS is not available here; use --device cpu")
+    return device
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, info: DataInfo, batch_size: int = 1000) -> Tensor:
+    """Logits [N, K] (float32, on the CPU) of ``model`` over ``split``, in eval mode.
+
+    The model's previous train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    outs = [model(x).float() for x, _ in eval_batches(split, info, batch_size)]
+    model.train(was_training)
+    return torch.cat(outs).cpu()
+
+
+def _val_metrics(model: nn.Module, data: DataBundle) -> dict[str, float]:
+    if data.val is None:
+        return {}
+    logits = predict(model, data.val, data.info)
+    labels = data.val.labels.cpu()
+    return {"val_loss": F.cross_entropy(logits, labels).item(),
+            "val_accuracy": (logits.argmax(1) == labels).float().mean().item()}
+
+
+def _non_finite(parts: dict[str, Tensor], epoch: int, step: int) -> DistillError:
+    broken = [k for k in ("soft", "hard", "loss") if not math.isfinite(parts[k].item())]
+    return DistillError(f"non-finite loss at epoch {epoch + 1}, step {step}: the "
+                        f"{broken[0] if broken else 'gradient'} term is not finite; lower the "
+                        f"learning rate (optim.lr), add grad clipping (optim.grad_clip), or "
+                        f"disable mixed precision")
+
+
+def train_step(state: TrainState, x: Tensor, y: Tensor, cfg: LoopConfig,
+               teacher: FrozenTeacher | None) -> dict[str, Tensor]:
+    """One optimizer step on a batch; returns the detached loss parts (float32 scalars)."""
+    logits = state.model(x)
+    teacher_logits = teacher(x) if teacher is not None and cfg.alpha > 0 else None
+    parts = distillation_loss(logits, teacher_logits, y, cfg.T, cfg.alpha, cfg.label_smoothing)
+    state.optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    if cfg.grad_clip is not None:
+        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.step += 1
+    return {k: v.detach() for k, v in parts.items()}
+
+
+def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTeacher | None,
+        on_epoch: Callable[[dict[str, Any]], None], progress=None) -> list[dict[str, Any]]:
+    """Train from ``state.epoch`` to ``cfg.epochs``; one record per epoch goes to ``on_epoch``.
+
+    Record keys: epoch (1-based), step, train_loss, train_soft, train_hard, lr, val_loss,
+    val_accuracy (when there is a validation split), epoch_seconds, images_per_second.
+    """
+    history = []
+    steps_per_epoch = num_batches(len(data.train), cfg.batch_size)
+    task = progress.add_task("train", total=steps_per_epoch) if progress is not None else None
+    while state.epoch < cfg.epochs:
+        epoch = state.epoch
+        state.model.train()
+        start = time.perf_counter()
+        sums = {k: torch.zeros((), device=data.train.images.device) for k in ("loss", "soft", "hard")}
+        seen = 0
+        if progress is not None:
+            progress.reset(task, total=steps_per_epoch,
+                           description=f"epoch {epoch + 1}/{cfg.epochs}")
+        batches = train_batches(data.train, data.info, cfg.batch_size, cfg.data_seed, epoch)
+        for i, (x, y) in enumerate(batches):
+            parts = train_step(state, x, y, cfg, teacher)
+            for k in sums:
+                sums[k] += parts[k] * y.shape[0]
+            seen += y.shape[0]
+            if (i + 1) % LOG_EVERY == 0 or i + 1 == steps_per_epoch:
+                loss = parts["loss"].item()
+                if not math.isfinite(loss):
+                    raise _non_finite(parts, epoch, state.step)
+                if progress is not None:
+                    speed = seen / max(time.perf_counter() - start, 1e-9)
+                    progress.update(task, completed=i + 1, loss=loss, speed=speed)
+        seconds = time.perf_counter() - start
+        state.epoch += 1
+        record = {"epoch": state.epoch, "step": state.step,
+                  **{f"train_{k}" if k != "loss" else "train_loss": (v / max(seen, 1)).item()
+                     for k, v in sums.items()},
+                  "lr": state.optimizer.param_groups[0]["lr"],
+                  **_val_metrics(state.model, data),
+                  "epoch_seconds": round(seconds, 4),
+                  "images_per_second": round(seen / max(seconds, 1e-9), 1)}
+        _track_best(state, record)
+        history.append(record)
+        on_epoch(record)
+    return history
+
+
+def _track_best(state: TrainState, record: dict[str, Any]) -> None:
+    """Remember the best-on-validation epoch and its weights (test never chooses)."""
+    acc = record.get("val_accuracy")
+    if acc is None:
+        return
+    if state.best_val_accuracy is None or acc > state.best_val_accuracy:
+        state.best_val_accuracy = acc
+        state.best_epoch = record["epoch"]
+        state.best_weights = {k: v.detach().to("cpu", copy=True)
+                              for k, v in state.model.state_dict().items()}

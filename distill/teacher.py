@@ -1,0 +1,201 @@
+"""A frozen teacher, and finding one: from a run folder, a weights file, or timm.
+
+Whatever the caller does (``.train()`` on a parent module, a training loop that switches
+modes), a :class:`FrozenTeacher` stays in eval mode and computes its logits under
+``torch.no_grad``: its weights, BatchNorm statistics and dropout never change while a student
+learns from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.data import DataInfo
+from distill.errors import DistillError
+from distill.models import build_model
+
+SUMMARY = "summary.json"
+WEIGHTS = "model.safetensors"
+
+
+class FrozenTeacher(nn.Module):
+    """Wraps a trained model: eval mode and no gradients, always.
+
+    ``forward(x [B, C, H, W]) -> logits [B, K]``, raw (pre-softmax).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.model.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":  # noqa: ARG002 - frozen on purpose
+        """Ignore ``mode``: a teacher is never put in training mode."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+@dataclass
+class TeacherSource:
+    """Where a teacher came from: recorded in the student's summary."""
+
+    kind: str  # run | weights | timm
+    location: str  # run folder, weights file, or timm:<name>
+    model: dict[str, Any]  # {"name": ..., "options": {...}}
+    sha256: str | None  # of the weights file, when there is one
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "location": self.location, "model": self.model,
+                "sha256": self.sha256}
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's summary (None while the run is unfinished or not a run)."""
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def newest_teacher_run(output_dir: Path, dataset: str) -> Path | None:
+    """The newest finished teacher run trained on ``dataset`` under ``output_dir``."""
+    if not output_dir.is_dir():
+        return None
+    runs = []
+    for run in output_dir.iterdir():
+        summary = read_summary(run) if run.is_dir() else None
+        if summary and summary.get("role") == "teacher" and summary.get("dataset") == dataset:
+            runs.append((summary.get("finished_at", ""), run.name, run))
+    return max(runs)[2] if runs else None
+
+
+def load_teacher(spec: str | None, teacher_model: str | None, info: DataInfo,
+                 output_dir: Path) -> tuple[FrozenTeacher, TeacherSource]:
+    """Resolve ``--teacher`` into a frozen teacher for a dataset described by ``info``.
+
+    ``spec``: a run folder (default: the newest finished teacher run for the dataset), a
+    weights file (``.safetensors`` or a state dict, with ``teacher_model``), or
+    ``timm:<name>`` (timm's pretrained weights, which must be available offline).
+    """
+    if spec is None:
+        run = newest_teacher_run(output_dir, info.name)
+        if run is None:
+            raise DistillError(f"no finished teacher run for dataset '{info.name}' in "
+                               f"{output_dir}/; run `distill teach` first, or pass --teacher "
+                               f"<run folder | weights file | timm:<name>>")
+        spec = str(run)
+    if spec.startswith("timm:"):
+        model, source = _from_timm(spec, info)
+    elif Path(spec).is_dir():
+        model, source = _from_run(Path(spec), info)
+    elif Path(spec).is_file():
+        model, source = _from_weights(Path(spec), teacher_model, info)
+    else:
+        raise DistillError(f"--teacher '{spec}': no such run folder or weights file")
+    _check_classes(model, source.location, info)
+    return FrozenTeacher(model), source
+
+
+def _from_run(run: Path, info: DataInfo) -> tuple[nn.Module, TeacherSource]:
+    summary = read_summary(run)
+    if summary is None:
+        raise DistillError(f"--teacher {run}: not a finished run (no {SUMMARY}); wait for it "
+                           f"to finish or pick another run")
+    weights = run / WEIGHTS
+    if not weights.is_file():
+        raise DistillError(f"--teacher {run}: {WEIGHTS} is missing")
+    spec = summary["model"]
+    if summary.get("num_classes") != info.num_classes:
+        raise DistillError(f"--teacher {run}: the teacher outputs {summary.get('num_classes')} "
+                           f"classes, dataset '{info.name}' has {info.num_classes}")
+    model = build_model(spec["name"], info.in_shape, info.num_classes, **spec["options"])
+    _load_weights(model, weights, spec["name"])
+    return model, TeacherSource("run", str(run), spec, file_sha256(weights))
+
+
+def _from_weights(path: Path, model_name: str | None, info: DataInfo
+                  ) -> tuple[nn.Module, TeacherSource]:
+    if not model_name:
+        raise DistillError(f"--teacher {path}: a weights file needs --teacher-model <name> "
+                           f"(see `distill models`)")
+    model = build_model(model_name, info.in_shape, info.num_classes)
+    _load_weights(model, path, model_name)
+    spec = {"name": model_name, "options": {}}
+    return model, TeacherSource("weights", str(path), spec, file_sha256(path))
+
+
+def _from_timm(spec: str, info: DataInfo) -> tuple[nn.Module, TeacherSource]:
+    import timm
+
+    name = spec.split(":", 1)[1]
+    try:
+        model = timm.create_model(name, pretrained=True, in_chans=info.in_shape[0])
+    except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+        raise DistillError(f"--teacher {spec}: pretrained weights could not be loaded "
+                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                           f"pass a weights file with --teacher-model {spec}") from None
+    return model, TeacherSource("timm", spec, {"name": spec, "options": {}}, None)
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Tensors from ``.safetensors``, or a state dict loaded with ``weights_only=True``."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise DistillError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle errors come in many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistillError(f"{path}: refused or unreadable as a weights-only state dict "
+                           f"({first})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise DistillError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _load_weights(model: nn.Module, path: Path, model_name: str) -> None:
+    state = read_state_dict(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise DistillError(f"{path}: the weights do not fit model '{model_name}' "
+                           f"for this dataset: {detail}") from None
+
+
+def _check_classes(model: nn.Module, location: str, info: DataInfo) -> None:
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, *info.in_shape))
+    if out.ndim != 2 or out.shape[1] != info.num_classes:
+        raise DistillError(f"--teacher {location}: the teacher outputs {tuple(out.shape[1:])} "
+                           f"classes, dataset '{info.name}' has {info.num_classes}")

@@ -1,0 +1,194 @@
+"""Run folders, the local metrics log (the source of truth), and wandb.
+
+wandb is imported only when tracking is on, so the package runs where wandb is not
+installed (with ``--wandb disabled``). Mode, in order of precedence: the recipe or
+``--wandb`` flag when not ``auto``; then ``$WANDB_MODE``; then ``online`` when logged in
+(``$WANDB_API_KEY`` or a wandb entry in ``~/.netrc``), else ``offline``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DistillError
+from distill.recipe import WandbConfig
+
+METRICS = "metrics.jsonl"
+_OFFLINE_NOTICE_SHOWN = False
+
+
+def create_run_dir(output_dir: Path, prefix: str, name: str | None = None) -> Path:
+    """Make a new run folder; an existing one is never reused or overwritten.
+
+    With ``name`` the folder is exactly ``output_dir/name`` (an error if it exists); otherwise
+    ``<prefix>-<YYYYmmdd-HHMMSS>`` with ``-2``, ``-3``, ... appended on a clash.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if name is not None:
+        run = output_dir / name
+        try:
+            run.mkdir()
+        except FileExistsError:
+            raise DistillError(f"{run} exists; runs are never overwritten: choose another "
+                               f"--name") from None
+        return run
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        run = output_dir / (f"{prefix}-{stamp}" + (f"-{i}" if i > 1 else ""))
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise DistillError(f"{output_dir}: could not find a free run name for {prefix}")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    source = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions, git commit, host and device: written to every run folder."""
+    import torch
+
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {p: _version(p) for p in ("distill", "torch", "torchvision", "timm", "wandb")},
+        "git_commit": _git_commit(),
+        "device": device,
+        "cpu_count": os.cpu_count(),
+        "command": " ".join(sys.argv),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``: one JSON object per line, flushed as written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def logged_in() -> bool:
+    """Whether wandb has credentials here (without importing wandb)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def resolve_mode(requested: str) -> str:
+    """``online``, ``offline`` or ``disabled`` (see the module docstring for the order)."""
+    if requested != "auto":
+        return requested
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    return "online" if logged_in() else "offline"
+
+
+class Tracker:
+    """One wandb run per training run (or nothing, when disabled)."""
+
+    def __init__(self, cfg: WandbConfig, run_dir: Path, job_type: str, config: dict[str, Any],
+                 console=None) -> None:
+        self.mode = resolve_mode(cfg.mode)
+        self.run = None
+        if self.mode == "disabled":
+            return
+        try:
+            import wandb
+        except ImportError:
+            raise DistillError("wandb is not installed; install it (pip install wandb) or run "
+                               "with --wandb disabled") from None
+        self._wandb = wandb
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group,
+                              tags=cfg.tags or None, name=run_dir.name, job_type=job_type,
+                              config=config, dir=str(run_dir), mode=self.mode,
+                              reinit="finish_previous")
+        global _OFFLINE_NOTICE_SHOWN
+        if self.mode == "offline" and not _OFFLINE_NOTICE_SHOWN and console is not None:
+            _OFFLINE_NOTICE_SHOWN = True
+            console.print(f"wandb: offline (not logged in); to upload later: "
+                          f"wandb sync {run_dir}/wandb/offline-run-*")
+
+    def log(self, record: dict[str, Any], step: int | None = None) -> None:
+        if self.run is not None:
+            self.run.log(record, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            for key, value in values.items():
+                self.run.summary[key] = value
+
+    def log_image(self, key: str, path: Path) -> None:
+        if self.run is not None and path.is_file():
+            self.run.log({key: self._wandb.Image(str(path))})
+
+    def log_weights(self, path: Path, name: str, metadata: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        artifact = self._wandb.Artifact(name=name, type="model", metadata=metadata)
+        artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+
+
+def now_iso() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+def elapsed(start: float) -> float:
+    return round(time.perf_counter() - start, 3)

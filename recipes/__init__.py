@@ -1,0 +1,1 @@
+"""Recipes shipped with distill (installed as the `distill.recipes` package data)."""
