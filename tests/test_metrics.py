@@ -203,10 +203,11 @@ def test_profile_linear_macs_and_params() -> None:
     assert prof["latency_ms_per_batch"] > 0 and math.isfinite(prof["latency_ms_per_batch"])
 
 
-def test_profile_counts_trainable_params_only() -> None:
+def test_profile_counts_frozen_params_too() -> None:
+    # a frozen teacher has no trainable parameters, but its size is what a report compares
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Linear(10, 5))
     model[1].requires_grad_(False)
-    assert profile_model(model, (1, 28, 28), batch_size=2, repeats=1)["params"] == 55
+    assert profile_model(model, (1, 28, 28), batch_size=2, repeats=1)["params"] == 7850 + 55
 
 
 def _bn_model() -> nn.Module:
