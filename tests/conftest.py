@@ -1,0 +1,20 @@
+"""Shared test settings: wandb is disabled unless a test asks for a mode explicitly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_network_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def shared_data_dir() -> Path | None:
+    """The real-data folder CI exports as $DISTILL_DATA_DIR, when it exists."""
+    value = os.environ.get("DISTILL_DATA_DIR")
+    return Path(value) if value and Path(value).is_dir() else None

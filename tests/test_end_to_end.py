@@ -1,0 +1,137 @@
+"""`distill teach`, `distill student` and `distill eval` end to end on the embedded digits.
+
+These run the real defaults a newcomer gets (the README's first command), on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from distill.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def only_run(out: Path, prefix: str) -> Path:
+    runs = sorted(p for p in out.iterdir() if p.name.startswith(prefix))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("outputs")
+    common = ["--output-dir", str(out), "--wandb", "disabled", "--quiet"]
+    invoke("teach", *common)
+    teacher = only_run(out, "teach-digits")
+    invoke("student", "--T", "4", *common)
+    student = only_run(out, "student-digits")
+    invoke("student", "--T", "4", "--alpha", "1", "--name", "soft-only", *common)
+    invoke("student", "--alpha", "0", "--name", "baseline", *common)
+    return {"out": out, "teacher": teacher, "student": student,
+            "soft_only": out / "soft-only", "baseline": out / "baseline"}
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_run_folder_holds_everything(runs) -> None:
+    for role in ("teacher", "student"):
+        run = runs[role]
+        for name in ("recipe.yaml", "environment.json", "metrics.jsonl", "model.safetensors",
+                     "best.safetensors", "summary.json", "learning_curves.png",
+                     "confusion_matrix.png"):
+            assert (run / name).is_file(), (role, name)
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in lines] == list(range(1, 31))
+        assert {"train_loss", "val_loss", "val_accuracy"} <= lines[-1].keys()
+        env = json.loads((run / "environment.json").read_text())
+        assert env["packages"]["torch"] and env["device"] == "cpu"
+        weights = load_file(str(run / "model.safetensors"))
+        assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_teacher_learns(runs) -> None:
+    assert summary(runs["teacher"])["test"]["accuracy"] >= 0.95
+
+
+def test_student_reaches_90_percent_and_names_its_teacher(runs) -> None:
+    s = summary(runs["student"])
+    assert s["test"]["accuracy"] >= 0.90
+    assert s["teacher"]["location"] == str(runs["teacher"])
+    assert s["teacher"]["sha256"] == summary(runs["teacher"])["weights_sha256"]
+    assert s["kd"] == {"T": 4.0, "alpha": 0.9}
+    assert s["teacher"]["test"]["accuracy"] == summary(runs["teacher"])["test"]["accuracy"]
+    assert 0.9 <= s["agreement_with_teacher"] <= 1.0
+    assert s["profile"]["params"] < s["teacher"]["profile"]["params"] / 10
+
+
+def test_soft_targets_alone_teach_the_student(runs) -> None:
+    """alpha = 1: no label is ever seen, and the student still learns the digits."""
+    s = summary(runs["soft_only"])
+    assert s["kd"]["alpha"] == 1.0
+    assert s["final_epoch"]["train_soft"] > 0
+    assert s["test"]["accuracy"] >= 0.85
+
+
+def test_best_on_validation_is_recorded_but_test_is_the_last_epoch(runs) -> None:
+    s = summary(runs["student"])
+    best = s["best_on_val"]
+    lines = [json.loads(x) for x in (runs["student"] / "metrics.jsonl").read_text().splitlines()]
+    assert best["val_accuracy"] == max(r["val_accuracy"] for r in lines)
+    assert lines[best["epoch"] - 1]["val_accuracy"] == best["val_accuracy"]
+    assert s["final_epoch"]["epoch"] == 30
+
+
+def test_eval_reproduces_the_summary_and_reports_gap(runs) -> None:
+    result = invoke("eval", str(runs["student"]), "--baseline", str(runs["baseline"]), "--json")
+    data = json.loads(result.stdout)
+    s = summary(runs["student"])
+    assert data["test"]["accuracy"] == pytest.approx(s["test"]["accuracy"], abs=1e-12)
+    assert data["teacher"]["test"]["accuracy"] == pytest.approx(
+        s["teacher"]["test"]["accuracy"], abs=1e-12)
+    base = summary(runs["baseline"])["test"]["accuracy"]
+    teacher = s["teacher"]["test"]["accuracy"]
+    expected = (s["test"]["accuracy"] - base) / (teacher - base) if teacher != base else None
+    assert data["gap_closed"] == pytest.approx(expected)
+    for key in ("accuracy", "top5", "macro_f1", "nll", "ece"):
+        assert key in data["test"]
+    assert {"params", "macs_per_image", "latency_ms_per_batch"} <= data["profile"].keys()
+    table = invoke("eval", str(runs["student"])).stdout
+    assert re.search(r"accuracy\s.*%", table) and "agreement" in table
+
+
+def test_a_run_folder_is_never_overwritten(runs) -> None:
+    result = runner.invoke(app, ["student", "--name", "baseline", "--output-dir",
+                                 str(runs["out"]), "--wandb", "disabled", "-q"])
+    assert result.exit_code == 2
+    assert (f"error: {runs['out'] / 'baseline'} exists; runs are never overwritten: choose "
+            f"another --name") in result.stderr
+    assert summary(runs["baseline"])["kd"]["alpha"] == 0.0
+
+
+def test_seed_changes_init_but_not_batches(tmp_path) -> None:
+    """Two teachers that differ only in seed: other weights, same data order and split."""
+    common = ["--output-dir", str(tmp_path), "--wandb", "disabled", "-q", "--epochs", "1",
+              "--set", "teacher.model.dropout=0"]
+    invoke("teach", "--seed", "1", "--name", "a", *common)
+    invoke("teach", "--seed", "2", "--name", "b", *common)
+    invoke("teach", "--seed", "1", "--name", "c", *common)
+    a, b, c = (load_file(str(tmp_path / n / "model.safetensors")) for n in "abc")
+    assert all(torch.equal(a[k], c[k]) for k in a)  # same seed: bitwise the same run
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert summary(tmp_path / "a")["data_fingerprint"] == summary(tmp_path / "b")["data_fingerprint"]

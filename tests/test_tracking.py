@@ -1,0 +1,141 @@
+"""Run folders, the metrics log, wandb modes, and wandb's offline run files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from distill.cli import app
+from distill.errors import DistillError
+from distill.tracking import create_run_dir, resolve_mode
+
+
+def read_wandb_records(path: Path) -> list:
+    """Decode an offline ``run-*.wandb`` file: a 7-byte header, then LevelDB-style log blocks
+    of 32 KiB whose records (4-byte checksum, 2-byte length, 1-byte type) hold protobuf
+    ``Record`` messages, possibly split across blocks (types: 1 full, 2 first, 3 middle,
+    4 last)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a wandb run file"
+    pos, block, pending, out = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4:pos + 6], "little")
+        kind = data[pos + 6]
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            out.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            out.append(pending + chunk)
+        elif kind == 0 and length == 0:
+            pos += block - pos % block if pos % block else 0
+    records = []
+    for raw in out:
+        record = pb.Record()
+        record.ParseFromString(raw)
+        records.append(record)
+    return records
+
+
+def _key(item) -> str:
+    """A history/summary/config item's key (wandb writes either ``key`` or ``nested_key``)."""
+    return item.key or "/".join(item.nested_key)
+
+
+def test_wandb_offline_writes_run_files_with_the_final_metrics(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: auto would also pick offline
+    result = CliRunner().invoke(app, ["teach", "--epochs", "2", "--wandb", "offline",
+                                      "--output-dir", str(tmp_path / "out"), "--name", "run", "-q"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "out" / "run"
+    files = list(run.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    records = read_wandb_records(files[0])
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert "run" in kinds
+    history = [{_key(i): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    epochs = [h["epoch"] for h in history if "epoch" in h]
+    assert epochs == [1, 2]
+    summary_values: dict = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            for item in r.summary.update:
+                summary_values[_key(item)] = json.loads(item.value_json)
+    expected = json.loads((run / "summary.json").read_text())
+    assert summary_values["test/accuracy"] == pytest.approx(expected["test"]["accuracy"])
+    assert summary_values["weights_sha256"] == expected["weights_sha256"]
+    run_record = next(r for r in records if r.WhichOneof("record_type") == "run").run
+    assert run_record.job_type == "teach"
+    config = {_key(i): json.loads(i.value_json) for i in run_record.config.update}
+    assert config["teacher"]["epochs"] == 2 and config["data"]["name"] == "digits"
+    artifacts = [r for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert artifacts and artifacts[0].artifact.type == "model"
+
+
+@pytest.mark.parametrize("requested, env, key, expected", [
+    ("disabled", "online", None, "disabled"),
+    ("offline", None, "k", "offline"),
+    ("auto", "disabled", "k", "disabled"),
+    ("auto", None, "k", "online"),
+    ("auto", None, None, "offline"),
+])
+def test_wandb_mode_resolution(tmp_path, monkeypatch, requested, env, key, expected) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    for name, value in (("WANDB_MODE", env), ("WANDB_API_KEY", key)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert resolve_mode(requested) == expected
+
+
+def test_runs_without_wandb_installed_when_tracking_is_off(tmp_path) -> None:
+    """The GPU machines have no wandb: a disabled run must not need it, and an enabled one
+    says how to fix it. (timm imports wandb opportunistically when it is installed, so the
+    test hides it instead of checking sys.modules.)"""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['wandb'] = None; import distill.api as a\n"
+            "a.teach(overrides={'teacher.epochs': 1, 'output_dir': sys.argv[1]}, "
+            "wandb=sys.argv[2], quiet=True)\nprint('trained')")
+    ok = subprocess.run([sys.executable, "-c", code, str(tmp_path), "disabled"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().splitlines()[-1] == "trained"
+    hide = tmp_path / "hide" / "wandb"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('wandb hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "hide")}
+    bad = subprocess.run([sys.executable, "-m", "distill", "teach", "--epochs", "1",
+                          "--output-dir", str(tmp_path), "--wandb", "offline", "-q"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("error: wandb is not installed; install it (pip install "
+                                  "wandb) or run with --wandb disabled")
+
+
+def test_run_dirs_are_unique_and_never_reused(tmp_path) -> None:
+    a = create_run_dir(tmp_path, "teach-digits")
+    b = create_run_dir(tmp_path, "teach-digits")
+    assert a != b and a.is_dir() and b.is_dir()
+    create_run_dir(tmp_path, "x", name="fixed")
+    with pytest.raises(DistillError, match="exists; runs are never overwritten"):
+        create_run_dir(tmp_path, "x", name="fixed")
