@@ -312,6 +312,13 @@ def test_normalised_training_split_has_zero_mean_unit_std(digits) -> None:
     assert 0.3 < digits.info.std[0] < 0.5
 
 
+def test_normalisation_constants_come_from_the_whole_training_set() -> None:
+    full = load_data(DataConfig(val_size=0))  # train = every non-test image
+    pixels = full.train.images.double() / 255
+    assert full.info.mean[0] == pytest.approx(float(pixels.mean()), rel=1e-5)
+    assert full.info.std[0] == pytest.approx(float(pixels.std()), rel=1e-4)
+
+
 def test_normalisation_constants_ignore_split_settings(digits) -> None:
     for cfg in (DataConfig(data_seed=9), DataConfig(val_size=0), DataConfig(val_size=500),
                 DataConfig(subset=100)):
