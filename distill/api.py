@@ -26,7 +26,8 @@ from distill.errors import DistillError
 from distill.metrics import agreement, classification_metrics, confusion_matrix, gap_closed, profile_model
 from distill.models import build_model
 from distill.optim import build_optimizer, build_scheduler
-from distill.recipe import Recipe, RoleConfig, dump_recipe, load_recipe
+from distill.recipe import (Recipe, RoleConfig, apply_overrides, dump_recipe, load_recipe,
+                            validate_recipe)
 from distill.report import comparison_table, plot_confusion_matrix, plot_learning_curves
 from distill.teacher import SUMMARY, WEIGHTS, FrozenTeacher, file_sha256, load_teacher, read_summary
 from distill.tracking import MetricsLog, Tracker, create_run_dir, environment, now_iso, write_json
@@ -47,9 +48,8 @@ def as_recipe(recipe: RecipeLike, overrides: dict[str, Any] | None = None) -> Re
     if isinstance(recipe, Recipe):
         if not overrides:
             return recipe
-        from distill.recipe import apply_overrides
-
-        return Recipe.model_validate(apply_overrides(recipe.model_dump(mode="json"), overrides))
+        return validate_recipe(apply_overrides(recipe.model_dump(mode="json"), overrides),
+                               "recipe", overrides)
     return load_recipe(recipe, overrides)
 
 
@@ -252,11 +252,12 @@ def _summary_table(summary: dict[str, Any]):
     if "teacher" in summary and "test" in summary["teacher"]:
         models.append(("teacher", {**summary["teacher"]["test"],
                                    **summary["teacher"]["profile"]}))
+    table = comparison_table(f"{summary['run']}: test set, last epoch", models, keys)
     best = summary.get("best_on_val")
-    title = f"{summary['run']}: test set ({summary['dataset']}), last epoch's model"
     if best:
-        title += f"\n(best on validation: epoch {best['epoch']}, {100 * best['val_accuracy']:.2f}%)"
-    return comparison_table(title, models, keys)
+        table.caption = (f"best on validation: epoch {best['epoch']} "
+                         f"({100 * best['val_accuracy']:.2f}%), not used for test")
+    return table
 
 
 def evaluate(run: str | Path, baseline: str | Path | None = None, data_dir: str | None = None,
@@ -267,6 +268,8 @@ def evaluate(run: str | Path, baseline: str | Path | None = None, data_dir: str 
     have the recorded sha256.
     """
     run = Path(run)
+    if not run.is_dir():
+        raise DistillError(f"{run}: no such run folder")
     summary = read_summary(run)
     if summary is None:
         raise DistillError(f"{run}: not a finished run (no {SUMMARY})")

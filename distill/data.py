@@ -192,9 +192,9 @@ def carve(split: Split, val_size: float, data_seed: int) -> tuple[Split, Split |
     n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
     if n_val == 0:
         return split, None
-    if n_val >= n:
-        raise RecipeError(f"data.val_size: {val_size} leaves no training data "
-                          f"(the training set has {n} images)")
+    if n - n_val < 2:
+        raise RecipeError(f"data.val_size: {val_size} leaves {max(n - n_val, 0)} training "
+                          f"images of {n}; at least 2 are needed")
     gen = torch.Generator().manual_seed(data_seed)
     perm = torch.randperm(n, generator=gen)
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
@@ -283,6 +283,9 @@ def read_idx(path: Path) -> Tensor:
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
+    if len(raw) < offset:
+        raise DataError(f"{path}: the IDX header is truncated ({len(raw)} bytes, needs {offset}); "
+                        "the file is truncated or corrupted, get it again")
     expected = int(np.prod(dims))
     if len(raw) - offset != expected:
         raise DataError(f"{path}: holds {len(raw) - offset} bytes of data, expected {expected} "
@@ -460,4 +463,4 @@ def _load_imagefolder(cfg: DataConfig, root: Path):
         test = Split(*_read_image_folder(root / "test", classes, cfg.image_size)[:2])
     else:
         train, test = _carve_test(train.images, train.labels)
-    return train, val, test, _info(f"imagefolder:{root}", tr_x, classes)
+    return train, val, test, _info(f"imagefolder:{root}", train.images, classes)

@@ -133,7 +133,8 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
     """
     history = []
     steps_per_epoch = num_batches(len(data.train), cfg.batch_size)
-    task = progress.add_task("train", total=steps_per_epoch) if progress is not None else None
+    task = (progress.add_task("train", total=steps_per_epoch, loss=float("nan"), speed=0.0)
+            if progress is not None else None)
     while state.epoch < cfg.epochs:
         epoch = state.epoch
         state.model.train()
@@ -155,7 +156,9 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
                     raise _non_finite(parts, epoch, state.step)
                 if progress is not None:
                     speed = seen / max(time.perf_counter() - start, 1e-9)
-                    progress.update(task, completed=i + 1, loss=loss, speed=speed)
+                    progress.update(task, loss=loss, speed=speed)
+            if progress is not None:
+                progress.update(task, completed=i + 1)
         seconds = time.perf_counter() - start
         state.epoch += 1
         record = {"epoch": state.epoch, "step": state.step,

@@ -225,11 +225,9 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Merge dotted overrides (``{"student.T": 4}``) into a nested dict; ``None`` is skipped."""
+    """Merge dotted overrides (``{"student.T": 4}``) into a nested dict (``None`` sets null)."""
     merged = json.loads(json.dumps(data))
     for dotted, value in overrides.items():
-        if value is None:
-            continue
         nested: Any = value
         for part in reversed(dotted.split(".")):
             nested = {part: nested}
@@ -250,9 +248,14 @@ def load_recipe(spec: str | Path | None = None, overrides: dict[str, Any] | None
         source = str(path)
         data = read_yaml(path)
     defaults = Recipe().model_dump(mode="json")
-    merged = apply_overrides(deep_merge(defaults, data), overrides)
+    return validate_recipe(apply_overrides(deep_merge(defaults, data), overrides), source,
+                           overrides)
+
+
+def validate_recipe(data: dict[str, Any], source: str, overrides: dict[str, Any]) -> Recipe:
+    """Validate a merged recipe dict; errors name ``source`` or the command line."""
     try:
-        return Recipe.model_validate(merged)
+        return Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_explain(exc, source, overrides)) from None
 

@@ -143,7 +143,10 @@ def test_student_with_an_unfinished_teacher_run(tmp_path: Path) -> None:
 
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    assert_user_error(run_cli("eval", str(missing)), f"{missing}: no such run folder")
     target = tmp_path / "not_a_run"
+    target.mkdir()
     result = run_cli("eval", str(target))
     assert_user_error(result, f"{target}: not a finished run (no summary.json)")
 
@@ -189,7 +192,7 @@ def test_debug_lets_the_exception_through(tmp_path: Path) -> None:
 def test_debug_on_eval_lets_the_exception_through(tmp_path: Path) -> None:
     result = run_cli("eval", str(tmp_path / "not_a_run"), "--debug")
     assert isinstance(result.exception, DistillError)
-    assert str(result.exception) == f"{tmp_path / 'not_a_run'}: not a finished run (no summary.json)"
+    assert str(result.exception) == f"{tmp_path / 'not_a_run'}: no such run folder"
     assert result.stderr == ""
 
 

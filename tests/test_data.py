@@ -173,8 +173,8 @@ def test_val_size_zero_trains_on_all_non_test_images(digits) -> None:
 def test_val_size_leaving_no_training_data_is_an_error() -> None:
     with pytest.raises(RecipeError) as exc:
         load_data(DataConfig(val_size=DIGITS_TRAIN))
-    assert str(exc.value) == (f"data.val_size: {float(DIGITS_TRAIN)} leaves no training data "
-                              f"(the training set has {DIGITS_TRAIN} images)")
+    assert str(exc.value) == (f"data.val_size: {float(DIGITS_TRAIN)} leaves 0 training images "
+                              f"of {DIGITS_TRAIN}; at least 2 are needed")
 
 
 # ----------------------------------------------------------------------------- data_seed

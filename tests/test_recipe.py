@@ -86,8 +86,12 @@ def test_overrides_on_defaults() -> None:
     assert load_recipe(None, {"student.T": 2}).fingerprint() == r.fingerprint()
 
 
-def test_none_overrides_are_skipped() -> None:
-    assert load_recipe(None, {"student.T": None, "seed": None}) == Recipe()
+def test_a_null_override_resets_an_optional_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.yaml", "student: {teacher: outputs/some-run}\n")
+    assert load_recipe(path).student.teacher == "outputs/some-run"
+    assert load_recipe(path, {"student.teacher": None}).student.teacher is None
+    with pytest.raises(RecipeError, match="command line: seed: Input should be a valid integer"):
+        load_recipe(None, {"seed": None})
 
 
 def test_dump_and_reload_round_trip(tmp_path: Path) -> None:
@@ -249,7 +253,7 @@ def test_deep_merge_unit() -> None:
 def test_apply_overrides_unit() -> None:
     data = {"student": {"T": 4, "optim": {"lr": 1}}}
     out = apply_overrides(data, {"student.optim.lr": 2, "student.alpha": None, "seed": 1})
-    assert out == {"student": {"T": 4, "optim": {"lr": 2}}, "seed": 1}
+    assert out == {"student": {"T": 4, "optim": {"lr": 2}, "alpha": None}, "seed": 1}
     assert data == {"student": {"T": 4, "optim": {"lr": 1}}}
 
 
