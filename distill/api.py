@@ -30,7 +30,8 @@ from distill.recipe import (Recipe, RoleConfig, apply_overrides, dump_recipe, lo
                             validate_recipe)
 from distill.report import comparison_table, plot_confusion_matrix, plot_learning_curves
 from distill.teacher import SUMMARY, WEIGHTS, FrozenTeacher, file_sha256, load_teacher, read_summary
-from distill.tracking import MetricsLog, Tracker, create_run_dir, environment, now_iso, write_json
+from distill.tracking import (MetricsLog, Tracker, create_run_dir, environment, now_iso,
+                              require_wandb, resolve_mode, write_json)
 
 RecipeLike = Recipe | str | Path | None
 
@@ -106,17 +107,19 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
 def _train(role: str, recipe: Recipe, name: str | None, quiet: bool) -> RunResult:
     console = Console(stderr=True, quiet=quiet)
     cfg: RoleConfig = recipe.teacher if role == "teacher" else recipe.student
+    require_wandb(resolve_mode(recipe.wandb.mode))  # before anything is written
     device = resolve_device(recipe.device)
     data = load_data(recipe.data)
-    teacher, source = None, None
-    if role == "student":
-        teacher, source = load_teacher(recipe.student.teacher, recipe.student.teacher_model,
-                                       data.info, Path(recipe.output_dir))
+    teacher, source = _student_teacher(recipe, data) if role == "student" else (None, None)
     seed_everything(recipe.seed)
     model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
                         **cfg.model.build_options())
     run_dir = create_run_dir(Path(recipe.output_dir), _run_prefix(recipe, role), name)
-    console.print(f"run folder: {run_dir}")
+    console.print(f"run folder: {run_dir}", markup=False, highlight=False, soft_wrap=True)
+    if source is not None:
+        console.print(f"teacher: {source.location} ({source.model['name']}"
+                   + (f", sha256 {source.sha256[:12]})" if source.sha256 else ")"),
+                   markup=False, highlight=False, soft_wrap=True)
     dump_recipe(recipe, run_dir / "recipe.yaml")
     write_json(run_dir / "environment.json", environment(str(device)))
 
@@ -150,8 +153,23 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool) -> RunResul
         tracker.finish(exit_code=1)
         raise
     tracker.finish()
-    Console(quiet=quiet).print(_summary_table(summary))
+    Console(quiet=quiet).print(summary_table(summary))
     return RunResult(run_dir, summary)
+
+
+def _student_teacher(recipe: Recipe, data: DataBundle):
+    """The student's frozen teacher and where it came from.
+
+    A baseline (``alpha = 0``) needs no teacher: with none given and no teacher run found it
+    trains without one (and reports no teacher figures).
+    """
+    cfg = recipe.student
+    try:
+        return load_teacher(cfg.teacher, cfg.teacher_model, data.info, Path(recipe.output_dir))
+    except DistillError:
+        if cfg.alpha == 0 and cfg.teacher is None:
+            return None, None
+        raise
 
 
 def _finish(role: str, recipe: Recipe, run_dir: Path, state: TrainState, data: DataBundle,
@@ -185,7 +203,8 @@ def _finish(role: str, recipe: Recipe, run_dir: Path, state: TrainState, data: D
     }
     if role == "student":
         summary["kd"] = {"T": recipe.student.T, "alpha": recipe.student.alpha}
-        summary["teacher"] = {**source.as_dict(), **summary.get("teacher", {})}
+        if source is not None:
+            summary["teacher"] = {**source.as_dict(), **summary.get("teacher", {})}
     tracker.summary(_flat(summary))
     tracker.log_image("learning_curves", run_dir / "learning_curves.png")
     tracker.log_image("confusion_matrix", run_dir / "confusion_matrix.png")
@@ -241,7 +260,7 @@ def _flat(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _summary_table(summary: dict[str, Any]):
+def summary_table(summary: dict[str, Any]):
     """Test metrics of the run (and of its teacher) as a metric x model table."""
     keys = ["accuracy", "errors", "top5", "macro_f1", "nll", "ece", "agreement", "gap_closed",
             "params", "macs_per_image", "latency_ms_per_batch"]
@@ -281,7 +300,7 @@ def evaluate(run: str | Path, baseline: str | Path | None = None, data_dir: str 
     model = build_model(spec["name"], data.info.in_shape, data.info.num_classes, **spec["options"])
     load_model(model, str(run / WEIGHTS))
     teacher = None
-    if summary["role"] == "student":
+    if summary["role"] == "student" and "teacher" in summary:
         info = summary["teacher"]
         teacher, _ = load_teacher(info["location"], info["model"]["name"], data.info, run.parent)
         if info.get("sha256") and file_sha256(_teacher_weights(info)) != info["sha256"]:
@@ -306,4 +325,4 @@ def _teacher_weights(info: dict[str, Any]) -> Path:
 
 def eval_table(result: dict[str, Any]):
     """The table `distill eval` prints."""
-    return _summary_table({**result, "profile": result["profile"]})
+    return summary_table({**result, "profile": result["profile"]})

@@ -19,8 +19,6 @@ from rich.table import Table
 from distill.errors import DistillError
 
 app = typer.Typer(
-    help="Knowledge distillation: train a teacher, distil a student, evaluate, compare.\n\n"
-         "Quick start (embedded digits data, no network): distill teach; distill student --T 4",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 err = Console(stderr=True)
@@ -51,7 +49,8 @@ NameOpt = typer.Option(None, "--name", help="Run folder name under the output di
 OutputOpt = typer.Option(None, "--output-dir", help="Where run folders go (default outputs/).")
 WandbOpt = typer.Option(None, "--wandb", help="auto (online if logged in, else offline) | online "
                         "| offline | disabled.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, per-epoch lines or "
+                        "tracking chatter; the run folder and the final table still print.")
 DebugOpt = typer.Option(False, "--debug", help="Show the traceback of an error.")
 
 
@@ -89,6 +88,15 @@ def _overrides(role: str, sets: list[str] | None, **flags: Any) -> dict[str, Any
     return out
 
 
+def _report(result, quiet: bool) -> None:
+    """After a run: the results table (printed already unless quiet) and the folder."""
+    if quiet:
+        from distill.api import summary_table
+
+        Console().print(summary_table(result.summary))
+    err.print(f"done: {result.run_dir}", markup=False, highlight=False, soft_wrap=True)
+
+
 # ----------------------------------------------------------------------------- commands
 
 @app.command()
@@ -112,7 +120,7 @@ def teach(recipe: Optional[str] = RecipeOpt, dataset: Optional[str] = DatasetOpt
                            val_size=val_size, model=model, epochs=epochs, batch_size=batch_size,
                            lr=lr, optimizer=optimizer, seed=seed, data_seed=data_seed,
                            device=device, output_dir=output_dir, wandb=wandb)
-    run_teach(recipe, overrides, name=name, quiet=quiet)
+    _report(run_teach(recipe, overrides, name=name, quiet=quiet), quiet)
 
 
 @app.command()
@@ -154,7 +162,7 @@ def student(recipe: Optional[str] = RecipeOpt,
                            batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                            data_seed=data_seed, device=device, output_dir=output_dir,
                            wandb=wandb)
-    run_student(recipe, overrides, name=name, quiet=quiet)
+    _report(run_student(recipe, overrides, name=name, quiet=quiet), quiet)
 
 
 @app.command("eval")
@@ -165,9 +173,9 @@ def eval_(run: Path = typer.Argument(..., help="A finished run folder (outputs/<
           data_dir: Optional[str] = DataDirOpt, device: str = typer.Option("auto", "--device"),
           json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
           debug: bool = DebugOpt) -> None:
-    """Evaluate a finished run on its test split: accuracy, top-5, macro F1, NLL, ECE,
-    confusion matrix, parameters, MACs, latency; for a student the teacher's figures,
-    agreement with the teacher and the share of the gap closed.
+    """Evaluate a finished run on its test split.
+
+    Reports accuracy, top-5, macro F1, NLL, ECE, a confusion matrix, parameters, MACs and latency; for a student also the teacher's figures, agreement with the teacher and (with --baseline) the share of the teacher-baseline gap it closes.
     """
     import json
 
@@ -201,6 +209,23 @@ def datasets() -> None:
     for name, description in list_datasets().items():
         table.add_row(name, description)
     Console().print(table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from distill import __version__
+
+        print(f"distill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Knowledge distillation: train a teacher, distil a student, evaluate, compare.
+
+    Quick start (embedded digits data, no network): distill teach; distill student --T 4
+    """
 
 
 def main() -> None:

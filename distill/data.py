@@ -328,7 +328,12 @@ def _try_download(cls_name: str, root: Path) -> str | None:
             getattr(tvd, cls_name)(str(root), train=train, download=True)
         return None
     except Exception as exc:  # noqa: BLE001 - any failure means "not downloadable here"
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reasons = []
+        while exc is not None and len(reasons) < 3:
+            text = " ".join(str(exc).split()).rstrip(":. ")
+            reasons.append(text or type(exc).__name__)
+            exc = exc.__cause__ or exc.__context__
+        return ": ".join(reasons)
     finally:
         socket.setdefaulttimeout(old)
 

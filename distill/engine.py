@@ -128,7 +128,8 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
         on_epoch: Callable[[dict[str, Any]], None], progress=None) -> list[dict[str, Any]]:
     """Train from ``state.epoch`` to ``cfg.epochs``; one record per epoch goes to ``on_epoch``.
 
-    Record keys: epoch (1-based), step, train_loss, train_soft, train_hard, lr, val_loss,
+    Record keys: epoch (1-based), step, train_loss (the loss optimised), train_hard (its
+    cross-entropy part), train_soft (a student's soft term), lr, val_loss (cross-entropy),
     val_accuracy (when there is a validation split), epoch_seconds, images_per_second.
     """
     history = []
@@ -161,9 +162,11 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
                 progress.update(task, completed=i + 1)
         seconds = time.perf_counter() - start
         state.epoch += 1
-        record = {"epoch": state.epoch, "step": state.step,
-                  **{f"train_{k}" if k != "loss" else "train_loss": (v / max(seen, 1)).item()
-                     for k, v in sums.items()},
+        means = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
+        parts = {"train_loss": means["loss"], "train_hard": means["hard"]}
+        if teacher is not None:
+            parts["train_soft"] = means["soft"]
+        record = {"epoch": state.epoch, "step": state.step, **parts,
                   "lr": state.optimizer.param_groups[0]["lr"],
                   **_val_metrics(state.model, data),
                   "epoch_seconds": round(seconds, 4),

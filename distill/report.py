@@ -135,7 +135,14 @@ def _no_data(ax: Axes, message: str) -> None:
 
 def _loss_panel(ax: Axes, records: list[dict[str, Any]]) -> None:
     """Train loss and (if any) val loss against epoch."""
-    for key, label, style in (("train_loss", "train loss", "-o"), ("val_loss", "val loss", "-s")):
+    # a student's training loss is the distillation loss: compare cross-entropy with
+    # cross-entropy (its hard part), and show the optimised loss only when it differs
+    distilled = any(r.get("train_soft") is not None for r in records)
+    curves = [("train_hard" if distilled else "train_loss", "train cross-entropy", "-o"),
+              ("val_loss", "val cross-entropy", "-s")]
+    if distilled:
+        curves.append(("train_soft", "train soft term (T² KL)", ":"))
+    for key, label, style in curves:
         epochs, values = _series(records, key)
         if values:
             ax.plot(epochs, values, style, label=label, markersize=3)

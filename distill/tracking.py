@@ -135,6 +135,18 @@ def resolve_mode(requested: str) -> str:
     return "online" if logged_in() else "offline"
 
 
+def require_wandb(mode: str):
+    """Import wandb for an enabled mode (None for ``disabled``); a clear error if missing."""
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise DistillError("wandb is not installed; install it (pip install wandb) or run "
+                           "with --wandb disabled") from None
+    return wandb
+
+
 class Tracker:
     """One wandb run per training run (or nothing, when disabled)."""
 
@@ -144,21 +156,20 @@ class Tracker:
         self.run = None
         if self.mode == "disabled":
             return
-        try:
-            import wandb
-        except ImportError:
-            raise DistillError("wandb is not installed; install it (pip install wandb) or run "
-                               "with --wandb disabled") from None
+        wandb = require_wandb(self.mode)
         self._wandb = wandb
+        quiet = console is None or console.quiet
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group,
                               tags=cfg.tags or None, name=run_dir.name, job_type=job_type,
                               config=config, dir=str(run_dir), mode=self.mode,
-                              reinit="finish_previous")
+                              reinit="finish_previous",
+                              settings=wandb.Settings(quiet=True, silent=quiet))
         global _OFFLINE_NOTICE_SHOWN
         if self.mode == "offline" and not _OFFLINE_NOTICE_SHOWN and console is not None:
             _OFFLINE_NOTICE_SHOWN = True
-            console.print(f"wandb: offline (not logged in); to upload later: "
-                          f"wandb sync {run_dir}/wandb/offline-run-*")
+            console.print(f"wandb: offline (not logged in); upload later with: "
+                          f"wandb sync {run_dir}/wandb/offline-run-*",
+                          markup=False, highlight=False, soft_wrap=True)
 
     def log(self, record: dict[str, Any], step: int | None = None) -> None:
         if self.run is not None:

@@ -135,3 +135,28 @@ def test_seed_changes_init_but_not_batches(tmp_path) -> None:
     assert all(torch.equal(a[k], c[k]) for k in a)  # same seed: bitwise the same run
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert summary(tmp_path / "a")["data_fingerprint"] == summary(tmp_path / "b")["data_fingerprint"]
+
+
+def test_a_baseline_needs_no_teacher(tmp_path) -> None:
+    invoke("student", "--alpha", "0", "--epochs", "2", "--name", "base", "--output-dir",
+           str(tmp_path), "--wandb", "disabled", "-q")
+    s = summary(tmp_path / "base")
+    assert "teacher" not in s and "agreement_with_teacher" not in s
+    assert s["kd"]["alpha"] == 0.0 and "train_soft" not in s["final_epoch"]
+
+
+def test_eval_refuses_a_teacher_that_changed(tmp_path) -> None:
+    common = ["--output-dir", str(tmp_path), "--wandb", "disabled", "-q", "--epochs", "1"]
+    invoke("teach", "--name", "t", *common)
+    invoke("student", "--name", "s", "--teacher", str(tmp_path / "t"), *common)
+    weights = tmp_path / "t" / "model.safetensors"
+    from safetensors.torch import save_file
+
+    tensors = load_file(str(weights))
+    first = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[first] = tensors[first] + 1.0
+    save_file(tensors, str(weights))
+    result = runner.invoke(app, ["eval", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: teacher {tmp_path / 't'} changed since {tmp_path / 's'} "
+                             f"was trained (sha256 differs)\n")
