@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_model, save_file
 
+from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, check_resumable, check_same_teacher, clean_stale,
+                                resume_folder, set_deterministic, set_rng_state)
 from distill.data import DataBundle, load_data, num_batches
 from distill.engine import LoopConfig, TrainState, fit, predict, resolve_device
 from distill.errors import DistillError
@@ -62,15 +67,32 @@ def seed_everything(seed: int) -> None:
 
 
 def teach(recipe: RecipeLike = None, overrides: dict[str, Any] | None = None, *,
-          name: str | None = None, quiet: bool = False, wandb: str | None = None) -> RunResult:
-    """Train a teacher as the recipe's ``teacher`` section says."""
-    return _train("teacher", as_recipe(recipe, _with_wandb(overrides, wandb)), name, quiet)
+          name: str | None = None, quiet: bool = False, wandb: str | None = None,
+          resume: str | Path | None = None, allow_changes: bool = False) -> RunResult:
+    """Train a teacher as the recipe's ``teacher`` section says.
+
+    ``resume``: a run folder to continue from its newest checkpoint (the run's own recipe,
+    plus ``overrides``; a change is refused unless ``allow_changes``).
+    """
+    return _run("teacher", recipe, overrides, name, quiet, wandb, resume, allow_changes)
 
 
 def student(recipe: RecipeLike = None, overrides: dict[str, Any] | None = None, *,
-            name: str | None = None, quiet: bool = False, wandb: str | None = None) -> RunResult:
-    """Distil a student from a teacher as the recipe's ``student`` section says."""
-    return _train("student", as_recipe(recipe, _with_wandb(overrides, wandb)), name, quiet)
+            name: str | None = None, quiet: bool = False, wandb: str | None = None,
+            resume: str | Path | None = None, allow_changes: bool = False) -> RunResult:
+    """Distil a student from a teacher as the recipe's ``student`` section says
+    (``resume`` and ``allow_changes`` as for :func:`teach`)."""
+    return _run("student", recipe, overrides, name, quiet, wandb, resume, allow_changes)
+
+
+def _run(role: str, recipe: RecipeLike, overrides: dict[str, Any] | None, name: str | None,
+         quiet: bool, wandb: str | None, resume: str | Path | None, allow_changes: bool
+         ) -> RunResult:
+    resume_dir = resume_folder(resume) if resume is not None else None
+    if recipe is None and resume_dir is not None:
+        recipe = resume_dir / "recipe.yaml"
+    resolved = as_recipe(recipe, _with_wandb(overrides, wandb))
+    return _train(role, resolved, name, quiet, resume_dir, allow_changes)
 
 
 def _with_wandb(overrides: dict[str, Any] | None, mode: str | None) -> dict[str, Any]:
@@ -104,24 +126,36 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     return line + f"  {record['images_per_second']:,.0f} img/s"
 
 
-def _train(role: str, recipe: Recipe, name: str | None, quiet: bool) -> RunResult:
+def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
+           resume: Path | None = None, allow_changes: bool = False) -> RunResult:
     console = Console(stderr=True, quiet=quiet)
     cfg: RoleConfig = recipe.teacher if role == "teacher" else recipe.student
     require_wandb(resolve_mode(recipe.wandb.mode))  # before anything is written
+    checkpoint = check_resumable(resume, role, recipe, allow_changes) if resume else None
     device = resolve_device(recipe.device)
+    set_deterministic(recipe.deterministic)
     data = load_data(recipe.data)
     teacher, source = _student_teacher(recipe, data) if role == "student" else (None, None)
+    if checkpoint is not None and source is not None:
+        check_same_teacher(checkpoint, source.sha256, source.location)
     seed_everything(recipe.seed)
     model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
                         **cfg.model.build_options())
-    run_dir = create_run_dir(Path(recipe.output_dir), _run_prefix(recipe, role), name)
-    console.print(f"run folder: {run_dir}", markup=False, highlight=False, soft_wrap=True)
+    if resume is None:
+        run_dir = create_run_dir(Path(recipe.output_dir), _run_prefix(recipe, role), name)
+        env = {**environment(str(device)), "wandb_id": uuid.uuid4().hex[:12]}
+        write_json(run_dir / "environment.json", env)
+    else:
+        run_dir = resume
+        clean_stale(run_dir)
+        env = json.loads((run_dir / "environment.json").read_text())
+    dump_recipe(recipe, run_dir / "recipe.yaml")
+    console.print(f"{'resuming' if resume else 'run folder'}: {run_dir}", markup=False,
+                  highlight=False, soft_wrap=True)
     if source is not None:
         console.print(f"teacher: {source.location} ({source.model['name']}"
-                   + (f", sha256 {source.sha256[:12]})" if source.sha256 else ")"),
-                   markup=False, highlight=False, soft_wrap=True)
-    dump_recipe(recipe, run_dir / "recipe.yaml")
-    write_json(run_dir / "environment.json", environment(str(device)))
+                      + (f", sha256 {source.sha256[:12]})" if source.sha256 else ")"),
+                      markup=False, highlight=False, soft_wrap=True)
 
     data = data.to(device)
     model.to(device)
@@ -131,12 +165,29 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool) -> RunResul
     scheduler = build_scheduler(optimizer, cfg.optim, num_batches(len(data.train), cfg.batch_size),
                                 cfg.epochs)
     state = TrainState(model, optimizer, scheduler)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    resumes = []
+    if checkpoint is not None:
+        state.load_state_dict(checkpoint["state"], device)
+        log.truncate_after(state.epoch)  # epochs logged after the checkpoint run again
+        resumes = checkpoint.get("resumes", []) + [
+            {"epoch": state.epoch, "step": state.step, "at": now_iso()}]
+        skip = os.environ.get(RESUME_SKIP_ENV, "")  # negative controls of the resume tests
+        if "data_order" in skip:
+            state.batch_in_epoch, state.sums, state.seen = 0, None, 0
+        if "rng" not in skip:
+            set_rng_state(checkpoint["rng"])
+        console.print(f"continuing at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
+                      f"step {state.step}", markup=False, highlight=False)
     loop = LoopConfig(cfg.epochs, cfg.batch_size, recipe.data.data_seed,
                       T=getattr(cfg, "T", 1.0), alpha=getattr(cfg, "alpha", 0.0),
                       label_smoothing=cfg.label_smoothing, grad_clip=cfg.optim.grad_clip)
     job_type = "teach" if role == "teacher" else "student"
-    tracker = Tracker(recipe.wandb, run_dir, job_type, recipe.model_dump(mode="json"), console)
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    tracker = Tracker(recipe.wandb, run_dir, job_type, recipe.model_dump(mode="json"), console,
+                      run_id=env.get("wandb_id"))
+    teacher_sha = source.sha256 if source is not None else None
+    saver = Checkpointer(run_dir, role, recipe, state, teacher_sha, resumes,
+                         recipe.checkpoint.every_epoch)
     start = time.perf_counter()
     try:
         with _progress(console, quiet) as progress:
@@ -145,10 +196,11 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool) -> RunResul
                 tracker.log(record, step=record["epoch"])
                 progress.console.print(_epoch_line(record, cfg.epochs))
 
-            history = fit(state, data, loop, teacher, on_epoch,
-                          progress if progress.live.is_started else None)
-        summary = _finish(role, recipe, run_dir, state, data, teacher, source, history,
-                          time.perf_counter() - start, tracker)
+            fit(state, data, loop, teacher, on_epoch,
+                progress if progress.live.is_started else None,
+                on_checkpoint=saver, every_steps=recipe.checkpoint.every_steps)
+        summary = _finish(role, recipe, run_dir, state, data, teacher, source, log.read(),
+                          time.perf_counter() - start, tracker, resumes)
     except BaseException:
         tracker.finish(exit_code=1)
         raise
@@ -174,7 +226,7 @@ def _student_teacher(recipe: Recipe, data: DataBundle):
 
 def _finish(role: str, recipe: Recipe, run_dir: Path, state: TrainState, data: DataBundle,
             teacher: FrozenTeacher | None, source, history: list[dict[str, Any]],
-            wall: float, tracker: Tracker) -> dict[str, Any]:
+            wall: float, tracker: Tracker, resumes: list[dict[str, Any]]) -> dict[str, Any]:
     """Export weights, evaluate on test, plot, and write ``summary.json`` (written last)."""
     cfg: RoleConfig = recipe.teacher if role == "teacher" else recipe.student
     weights = run_dir / WEIGHTS
@@ -200,6 +252,7 @@ def _finish(role: str, recipe: Recipe, run_dir: Path, state: TrainState, data: D
         "best_on_val": best,
         **evaluation,
         "wall_seconds": round(wall, 2), "finished_at": now_iso(),
+        "resumes": resumes,
     }
     if role == "student":
         summary["kd"] = {"T": recipe.student.T, "alpha": recipe.student.alpha}

@@ -49,6 +49,14 @@ NameOpt = typer.Option(None, "--name", help="Run folder name under the output di
 OutputOpt = typer.Option(None, "--output-dir", help="Where run folders go (default outputs/).")
 WandbOpt = typer.Option(None, "--wandb", help="auto (online if logged in, else offline) | online "
                         "| offline | disabled.")
+ResumeOpt = typer.Option(None, "--resume", help="Continue this run folder from its newest "
+                         "checkpoint, with its own recipe (plus any flags given).")
+AllowOpt = typer.Option(False, "--allow-changes", help="With --resume: accept a recipe that "
+                        "differs from the run's (e.g. more epochs).")
+CkptOpt = typer.Option(None, "--checkpoint-every", help="Also checkpoint every N optimizer steps "
+                       "(checkpoint.every_steps; one is always written at each epoch end).")
+DetOpt = typer.Option(None, "--deterministic", help="Use PyTorch's deterministic algorithms "
+                      "(bitwise-repeatable runs on GPU too).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, per-epoch lines or "
                         "tracking chatter; the run folder and the final table still print.")
 DebugOpt = typer.Option(False, "--debug", help="Show the traceback of an error.")
@@ -80,7 +88,8 @@ def _overrides(role: str, sets: list[str] | None, **flags: Any) -> dict[str, Any
                "batch_size": f"{role}.batch_size", "lr": f"{role}.optim.lr",
                "optimizer": f"{role}.optim.name", "T": "student.T", "alpha": "student.alpha",
                "teacher": "student.teacher", "teacher_model": "student.teacher_model",
-               "baseline": "student.baseline"}
+               "baseline": "student.baseline", "checkpoint_every": "checkpoint.every_steps",
+               "deterministic": "deterministic"}
     out = {mapping[k]: v for k, v in flags.items() if v is not None}
     for assignment in sets or []:
         key, value = parse_set(assignment)
@@ -109,6 +118,8 @@ def teach(recipe: Optional[str] = RecipeOpt, dataset: Optional[str] = DatasetOpt
           data_seed: Optional[int] = DataSeedOpt, device: Optional[str] = DeviceOpt,
           name: Optional[str] = NameOpt, output_dir: Optional[str] = OutputOpt,
           wandb: Optional[str] = WandbOpt, set_: Optional[list[str]] = SetOpt,
+          resume: Optional[Path] = ResumeOpt, allow_changes: bool = AllowOpt,
+          checkpoint_every: Optional[int] = CkptOpt, deterministic: Optional[bool] = DetOpt,
           quiet: bool = QuietOpt, debug: bool = DebugOpt) -> None:
     """Train a teacher (the recipe's `teacher` section) and write outputs/<run>/.
 
@@ -119,8 +130,10 @@ def teach(recipe: Optional[str] = RecipeOpt, dataset: Optional[str] = DatasetOpt
     overrides = _overrides("teacher", set_, dataset=dataset, data_dir=data_dir,
                            val_size=val_size, model=model, epochs=epochs, batch_size=batch_size,
                            lr=lr, optimizer=optimizer, seed=seed, data_seed=data_seed,
-                           device=device, output_dir=output_dir, wandb=wandb)
-    _report(run_teach(recipe, overrides, name=name, quiet=quiet), quiet)
+                           device=device, output_dir=output_dir, wandb=wandb,
+                           checkpoint_every=checkpoint_every, deterministic=deterministic)
+    _report(run_teach(recipe, overrides, name=name, quiet=quiet, resume=resume,
+                      allow_changes=allow_changes), quiet)
 
 
 @app.command()
@@ -147,7 +160,9 @@ def student(recipe: Optional[str] = RecipeOpt,
             seed: Optional[int] = SeedOpt, data_seed: Optional[int] = DataSeedOpt,
             device: Optional[str] = DeviceOpt, name: Optional[str] = NameOpt,
             output_dir: Optional[str] = OutputOpt, wandb: Optional[str] = WandbOpt,
-            set_: Optional[list[str]] = SetOpt, quiet: bool = QuietOpt,
+            set_: Optional[list[str]] = SetOpt, resume: Optional[Path] = ResumeOpt,
+            allow_changes: bool = AllowOpt, checkpoint_every: Optional[int] = CkptOpt,
+            deterministic: Optional[bool] = DetOpt, quiet: bool = QuietOpt,
             debug: bool = DebugOpt) -> None:
     """Distil a student from a teacher with
     loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y).
@@ -161,8 +176,10 @@ def student(recipe: Optional[str] = RecipeOpt,
                            data_dir=data_dir, val_size=val_size, model=model, epochs=epochs,
                            batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                            data_seed=data_seed, device=device, output_dir=output_dir,
-                           wandb=wandb)
-    _report(run_student(recipe, overrides, name=name, quiet=quiet), quiet)
+                           wandb=wandb, checkpoint_every=checkpoint_every,
+                           deterministic=deterministic)
+    _report(run_student(recipe, overrides, name=name, quiet=quiet, resume=resume,
+                        allow_changes=allow_changes), quiet)
 
 
 @app.command("eval")
@@ -229,8 +246,27 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="distill")
+    """Console-script entry point: usage errors (bad flags or values) are one line, exit 2."""
+    try:  # typer >= 0.25 vendors click; older typer uses click itself
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click.exceptions import UsageError
+
+        NoArgsIsHelpError = ()  # noqa: N806
+    try:
+        code = app(prog_name="distill", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # plain `distill`: the overview, not an error
+        print(exc.ctx.get_help())
+        sys.exit(0)
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "distill"
+        err.print(f"error: {exc.format_message()} (see: {command} --help)", markup=False,
+                  highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -46,15 +46,33 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of the current epoch already trained on
+    sums: dict[str, Tensor] | None = None  # running loss sums of the current epoch
+    seen: int = 0  # images of the current epoch already trained on
     best_val_accuracy: float | None = None
     best_epoch: int | None = None
     best_weights: dict[str, Tensor] | None = field(default=None, repr=False)
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything above, on the CPU (the random generators are saved beside it)."""
+        cpu = lambda d: None if d is None else {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
-                "step": self.step, "best_val_accuracy": self.best_val_accuracy,
-                "best_epoch": self.best_epoch}
+                "step": self.step, "batch_in_epoch": self.batch_in_epoch,
+                "sums": cpu(self.sums), "seen": self.seen,
+                "best_val_accuracy": self.best_val_accuracy, "best_epoch": self.best_epoch,
+                "best_weights": self.best_weights}
+
+    def load_state_dict(self, saved: dict[str, Any], device: torch.device) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.epoch, self.step = saved["epoch"], saved["step"]
+        self.batch_in_epoch, self.seen = saved["batch_in_epoch"], saved["seen"]
+        self.sums = (None if saved["sums"] is None
+                     else {k: v.to(device) for k, v in saved["sums"].items()})
+        self.best_val_accuracy, self.best_epoch = saved["best_val_accuracy"], saved["best_epoch"]
+        self.best_weights = saved["best_weights"]
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -125,8 +143,15 @@ def train_step(state: TrainState, x: Tensor, y: Tensor, cfg: LoopConfig,
 
 
 def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTeacher | None,
-        on_epoch: Callable[[dict[str, Any]], None], progress=None) -> list[dict[str, Any]]:
-    """Train from ``state.epoch`` to ``cfg.epochs``; one record per epoch goes to ``on_epoch``.
+        on_epoch: Callable[[dict[str, Any]], None], progress=None,
+        on_checkpoint: Callable[[str], None] | None = None, every_steps: int | None = None
+        ) -> list[dict[str, Any]]:
+    """Train from where ``state`` is to ``cfg.epochs``; one record per epoch goes to ``on_epoch``.
+
+    ``on_checkpoint("step")`` is called every ``every_steps`` optimizer steps inside an epoch,
+    and ``on_checkpoint("epoch")`` after each epoch's record; a run resumed from such a point
+    (``state.batch_in_epoch`` batches into ``state.epoch``) continues exactly as if never
+    stopped: the batch order is a function of data_seed and the epoch.
 
     Record keys: epoch (1-based), step, train_loss (the loss optimised), train_hard (its
     cross-entropy part), train_soft (a student's soft term), lr, val_loss (cross-entropy),
@@ -137,31 +162,42 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
     task = (progress.add_task("train", total=steps_per_epoch, loss=float("nan"), speed=0.0)
             if progress is not None else None)
     while state.epoch < cfg.epochs:
-        epoch = state.epoch
+        epoch, first = state.epoch, state.batch_in_epoch
         state.model.train()
         start = time.perf_counter()
-        sums = {k: torch.zeros((), device=data.train.images.device) for k in ("loss", "soft", "hard")}
-        seen = 0
+        if first == 0 or state.sums is None:
+            state.sums = {k: torch.zeros((), device=data.train.images.device)
+                          for k in ("loss", "soft", "hard")}
+            state.seen = 0
+        sums, seen_at_start = state.sums, state.seen
         if progress is not None:
-            progress.reset(task, total=steps_per_epoch,
+            progress.reset(task, total=steps_per_epoch, completed=first,
                            description=f"epoch {epoch + 1}/{cfg.epochs}")
-        batches = train_batches(data.train, data.info, cfg.batch_size, cfg.data_seed, epoch)
-        for i, (x, y) in enumerate(batches):
+        batches = train_batches(data.train, data.info, cfg.batch_size, cfg.data_seed, epoch,
+                                start=first)
+        for i, (x, y) in enumerate(batches, start=first):
             parts = train_step(state, x, y, cfg, teacher)
             for k in sums:
                 sums[k] += parts[k] * y.shape[0]
-            seen += y.shape[0]
+            state.seen += y.shape[0]
+            state.batch_in_epoch = i + 1
+            seen = state.seen
             if (i + 1) % LOG_EVERY == 0 or i + 1 == steps_per_epoch:
                 loss = parts["loss"].item()
                 if not math.isfinite(loss):
                     raise _non_finite(parts, epoch, state.step)
                 if progress is not None:
-                    speed = seen / max(time.perf_counter() - start, 1e-9)
+                    speed = (seen - seen_at_start) / max(time.perf_counter() - start, 1e-9)
                     progress.update(task, loss=loss, speed=speed)
             if progress is not None:
                 progress.update(task, completed=i + 1)
+            if (on_checkpoint is not None and every_steps and state.step % every_steps == 0
+                    and i + 1 < steps_per_epoch):
+                on_checkpoint("step")
         seconds = time.perf_counter() - start
+        seen = state.seen
         state.epoch += 1
+        state.batch_in_epoch = 0
         means = {k: (v / max(seen, 1)).item() for k, v in sums.items()}
         parts = {"train_loss": means["loss"], "train_hard": means["hard"]}
         if teacher is not None:
@@ -170,10 +206,13 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
                   "lr": state.optimizer.param_groups[0]["lr"],
                   **_val_metrics(state.model, data),
                   "epoch_seconds": round(seconds, 4),
-                  "images_per_second": round(seen / max(seconds, 1e-9), 1)}
+                  "images_per_second": round((seen - seen_at_start) / max(seconds, 1e-9), 1)}
         _track_best(state, record)
+        state.sums, state.seen = None, 0
         history.append(record)
         on_epoch(record)
+        if on_checkpoint is not None:
+            on_checkpoint("epoch")
     return history
 
 

@@ -112,6 +112,13 @@ class WandbConfig(_Strict):
     tags: list[str] = Field(default_factory=list)
 
 
+class CheckpointConfig(_Strict):
+    """When to write ``checkpoint-last.pt`` (atomically; the best epoch's is kept too)."""
+
+    every_steps: int | None = Field(None, ge=1)  # also every N optimizer steps inside an epoch
+    every_epoch: bool = True  # at the end of each epoch
+
+
 def _default_teacher() -> RoleConfig:
     return RoleConfig(
         model=ModelConfig(name="mlp", hidden_sizes=[512, 512], dropout=0.2),
@@ -130,6 +137,8 @@ class Recipe(_Strict):
     seed: int = 0  # initialisation and dropout (batch order is data.data_seed's)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
     output_dir: str = "outputs"
+    deterministic: bool = False  # torch's deterministic algorithms (bitwise repeatable on GPU)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: RoleConfig = Field(default_factory=_default_teacher)
     student: StudentConfig = Field(default_factory=_default_student)

@@ -106,10 +106,23 @@ class MetricsLog:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
 
+    def truncate_after(self, epoch: int) -> None:
+        """Drop records of epochs after ``epoch`` (logged after the checkpoint resumed from)."""
+        kept = [r for r in self.read() if r.get("epoch", 0) <= epoch]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill; its epoch runs again on resume
+        return records
 
 
 def logged_in() -> bool:
@@ -151,7 +164,7 @@ class Tracker:
     """One wandb run per training run (or nothing, when disabled)."""
 
     def __init__(self, cfg: WandbConfig, run_dir: Path, job_type: str, config: dict[str, Any],
-                 console=None) -> None:
+                 console=None, run_id: str | None = None) -> None:
         self.mode = resolve_mode(cfg.mode)
         self.run = None
         if self.mode == "disabled":
@@ -162,7 +175,8 @@ class Tracker:
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group,
                               tags=cfg.tags or None, name=run_dir.name, job_type=job_type,
                               config=config, dir=str(run_dir), mode=self.mode,
-                              reinit="finish_previous",
+                              reinit="finish_previous", id=run_id,
+                              resume="allow" if run_id else None,
                               settings=wandb.Settings(quiet=True, silent=quiet))
         global _OFFLINE_NOTICE_SHOWN
         if self.mode == "offline" and not _OFFLINE_NOTICE_SHOWN and console is not None:

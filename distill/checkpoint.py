@@ -1,0 +1,241 @@
+"""Checkpoints: atomic save, safe load, and what a resumed run needs.
+
+A checkpoint holds everything a run needs to continue as if never stopped: model, optimizer
+(Lookahead's slow weights included), schedule, AMP scaler, every random generator (python,
+numpy, torch CPU and CUDA; the batch order is a function of ``data_seed`` and the epoch, so
+the position in the epoch restores it), counters, the best-on-validation state, the running
+sums of the current epoch, a hash of the resolved recipe, and the format version.
+
+Writes are atomic: a temporary file in the same folder, flushed and fsynced, then renamed
+over the old one, so a kill during a save leaves the previous checkpoint loadable; stale
+temporary files are removed at the next start. Loads use ``torch.load(weights_only=True)``:
+a file that needs arbitrary pickled code is refused, never loaded unsafely as a fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.errors import DistillError
+
+FORMAT_VERSION = 1
+LAST = "checkpoint-last.pt"
+BEST = "checkpoint-best.pt"
+TMP_SUFFIX = ".tmp"
+
+# Test hooks (used by the reliability tests only): SIGKILL this process right after the
+# N-th checkpoint save, or between writing the N-th temporary file and renaming it.
+KILL_AFTER_SAVE_ENV = "DISTILL_TEST_KILL_AFTER_SAVE"
+KILL_IN_SAVE_ENV = "DISTILL_TEST_KILL_IN_SAVE"
+# ... and negative controls: a resume that skips restoring "rng" and/or the "data_order".
+RESUME_SKIP_ENV = "DISTILL_TEST_RESUME_SKIP"
+_saves = 0
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random generator's state, in types ``weights_only`` loading accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate(_as_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    """Lists back to tuples (python's random state is nested tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename)."""
+    global _saves
+    _saves += 1
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if os.environ.get(KILL_IN_SAVE_ENV) == str(_saves):
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if os.environ.get(KILL_AFTER_SAVE_ENV) == str(_saves):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def clean_stale(run_dir: Path) -> list[Path]:
+    """Remove temporary files left by a save that was killed; returns what was removed."""
+    stale = sorted(run_dir.glob(f"*{TMP_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``), with a clear error if it is bad."""
+    if not path.is_file():
+        raise DistillError(f"{path}: no such checkpoint")
+    if path.stat().st_size == 0:
+        raise DistillError(f"{path}: the checkpoint is empty (a save was interrupted?); "
+                           f"nothing to resume from it")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zips and refused pickles alike
+        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise DistillError(f"{path}: the checkpoint cannot be loaded safely (truncated, "
+                           f"corrupted, or it needs arbitrary code): {first}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise DistillError(f"{path}: not a distill checkpoint of format {FORMAT_VERSION} "
+                           f"(found {found!r})")
+    return payload
+
+
+def all_finite(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether every floating-point tensor of a state dict is finite."""
+    return all(torch.isfinite(t).all() for t in state_dict.values()
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Copy a file atomically (temporary copy in the same folder, fsync, rename)."""
+    tmp = dst.with_name(dst.name + TMP_SUFFIX)
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        for chunk in iter(lambda: fin.read(1 << 20), b""):
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(tmp, dst)
+
+
+class Checkpointer:
+    """Called by the training loop at checkpoint points: writes ``checkpoint-last.pt`` and,
+    at an epoch that is the best on validation so far, ``checkpoint-best.pt`` too."""
+
+    def __init__(self, run_dir: Path, role: str, recipe, state, teacher_sha256: str | None,
+                 resumes: list[dict[str, Any]], every_epoch: bool = True) -> None:
+        self.run_dir, self.role, self.recipe, self.state = run_dir, role, recipe, state
+        self.teacher_sha256, self.resumes, self.every_epoch = teacher_sha256, resumes, every_epoch
+
+    def __call__(self, where: str) -> None:
+        if where == "epoch" and not self.every_epoch:
+            return
+        model_state = self.state.model.state_dict()
+        if not all_finite(model_state):
+            raise DistillError(f"non-finite weights at step {self.state.step}: not "
+                               f"checkpointed; lower the learning rate (optim.lr) or add "
+                               f"grad clipping (optim.grad_clip)")
+        payload = {"format": FORMAT_VERSION, "role": self.role,
+                   "recipe_fingerprint": self.recipe.fingerprint(),
+                   "state": self.state.state_dict(), "rng": rng_state(), "scaler": None,
+                   "teacher_sha256": self.teacher_sha256, "resumes": self.resumes,
+                   "where": where}
+        last = self.run_dir / LAST
+        save_atomic(payload, last)
+        if where == "epoch" and self.state.best_epoch == self.state.epoch:
+            copy_atomic(last, self.run_dir / BEST)
+
+
+def resume_folder(resume: str | Path) -> Path:
+    """The run folder named by ``--resume`` (it must exist)."""
+    path = Path(resume)
+    if not path.is_dir():
+        raise DistillError(f"--resume {resume}: no such run folder")
+    return path
+
+
+_IGNORED_CHANGES = ("wandb.", "output_dir", "device")
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs (tracking and placement ignored)."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        dotted = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if dotted.startswith(_IGNORED_CHANGES):
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += recipe_changes(a, b, dotted + ".")
+        elif a != b:
+            changes.append(f"{dotted}: {a!r} -> {b!r}")
+    return changes
+
+
+def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> dict[str, Any]:
+    """The newest checkpoint of ``run_dir``, after checking it may be resumed with ``recipe``."""
+    from distill.recipe import load_recipe
+
+    if (run_dir / "summary.json").is_file():
+        raise DistillError(f"--resume {run_dir}: the run is finished (summary.json exists); "
+                           f"nothing to resume")
+    if not (run_dir / LAST).is_file():
+        raise DistillError(f"--resume {run_dir}: no checkpoint ({LAST}) in it; nothing to "
+                           f"resume")
+    payload = load_checkpoint(run_dir / LAST)
+    if payload["role"] != role:
+        command = "teach" if payload["role"] == "teacher" else "student"
+        raise DistillError(f"--resume {run_dir}: a {payload['role']} run; resume it with "
+                           f"`distill {command} --resume {run_dir}`")
+    saved = load_recipe(run_dir / "recipe.yaml")
+    changes = recipe_changes(saved.model_dump(mode="json"), recipe.model_dump(mode="json"))
+    if changes and not allow_changes:
+        raise DistillError(f"--resume {run_dir}: the recipe differs from the run's: "
+                           f"{'; '.join(changes)}; pass --allow-changes to resume with it anyway")
+    return payload
+
+
+def check_same_teacher(payload: dict[str, Any], sha256: str | None, location: str) -> None:
+    """Refuse to resume a student with a teacher whose weights changed since it started."""
+    saved = payload.get("teacher_sha256")
+    if saved and sha256 != saved:
+        raise DistillError(f"teacher {location} changed since this run started (sha256 "
+                           f"{saved[:12]} -> {(sha256 or 'none')[:12]}); resume with the "
+                           f"teacher it started with")
+
+
+def set_deterministic(enabled: bool) -> None:
+    """PyTorch's deterministic algorithms and cuDNN settings (for bitwise-repeatable GPU runs)."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False

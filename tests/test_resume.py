@@ -1,0 +1,244 @@
+"""Runs that survive: SIGKILL after a checkpoint and resume equals a run never stopped.
+
+A real training subprocess is killed (SIGKILL, by a test hook right after its N-th
+checkpoint save, or between writing the temporary file and renaming it), then resumed;
+its final weights, optimizer state and metrics must equal an uninterrupted run's, bitwise
+on the CPU. Negative controls resume while skipping the random generators or the data
+order and must find a difference, so the comparison can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import distill.api as api
+from distill.checkpoint import (KILL_AFTER_SAVE_ENV, KILL_IN_SAVE_ENV, LAST, RESUME_SKIP_ENV,
+                                load_checkpoint)
+from distill.cli import app
+from distill.errors import DistillError
+
+# 2 epochs of 21 batches; a checkpoint every 5 steps and at each epoch end:
+# saves 1-4 at steps 5, 10, 15, 20; save 5 at the end of epoch 1 (step 21); ...; save 10 last.
+FLAGS = ["--epochs", "2", "--checkpoint-every", "5", "--set", "teacher.optim.name=lookahead_adam",
+         "--set", "teacher.optim.la_k=3", "--set", "teacher.optim.schedule=cosine",
+         "--wandb", "disabled", "-q"]
+TIMING = {"epoch_seconds", "images_per_second"}
+
+
+def train(out: Path, name: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "distill", "teach", "--output-dir", str(out), "--name", name,
+           *FLAGS]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def resume(run: Path, **env: str) -> None:
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        api.teach(resume=run, quiet=True)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def metrics(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
+
+
+def weights(run: Path, file: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(str(run / file))
+
+
+def optimizer_tensors(run: Path) -> list[torch.Tensor]:
+    opt = load_checkpoint(run / LAST)["state"]["optimizer"]
+    flat = [t for state in opt["base"]["state"].values() for t in state.values()
+            if isinstance(t, torch.Tensor)]
+    return flat + [t for group in opt["slow"] for t in group]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ"
+    ba, bb = weights(a, "best.safetensors"), weights(b, "best.safetensors")
+    assert all(torch.equal(ba[k], bb[k]) for k in ba), "best weights differ"
+    oa, ob = optimizer_tensors(a), optimizer_tensors(b)
+    assert len(oa) == len(ob) and all(torch.equal(x, y) for x, y in zip(oa, ob))
+    assert metrics(a) == metrics(b)
+    assert [r["epoch"] for r in metrics(a)] == [1, 2]
+
+
+def runs_differ(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    result = train(out, "whole")
+    assert result.returncode == 0, result.stderr
+    return out / "whole"
+
+
+@pytest.fixture(scope="module")
+def killed_mid_epoch(tmp_path_factory) -> Path:
+    """A run killed right after its 3rd save (step 15, mid-epoch 1)."""
+    out = tmp_path_factory.mktemp("mid")
+    result = train(out, "killed", {KILL_AFTER_SAVE_ENV: "3"})
+    assert result.returncode == -signal.SIGKILL
+    return out / "killed"
+
+
+@pytest.mark.parametrize("save, where", [(1, "first save"), (5, "just after an epoch boundary"),
+                                         (10, "the last save")])
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, reference, save, where
+                                                          ) -> None:
+    result = train(tmp_path, "killed", {KILL_AFTER_SAVE_ENV: str(save)})
+    assert result.returncode == -signal.SIGKILL, (where, result.stderr)
+    run = tmp_path / "killed"
+    assert not (run / "summary.json").exists()
+    resume(run)
+    assert_same_run(run, reference)
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(summary["resumes"]) == 1
+
+
+def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, reference, killed_mid_epoch
+                                                      ) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(killed_mid_epoch, run)
+    assert load_checkpoint(run / LAST)["state"]["batch_in_epoch"] == 15
+    resume(run)
+    assert_same_run(run, reference)
+
+
+@pytest.mark.parametrize("skip", ["rng", "data_order"])
+def test_control_a_resume_that_skips_restoring_state_differs(tmp_path, reference,
+                                                             killed_mid_epoch, skip) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(killed_mid_epoch, run)
+    resume(run, **{RESUME_SKIP_ENV: skip})
+    assert runs_differ(run, reference)
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, reference) -> None:
+    result = train(tmp_path, "killed", {KILL_IN_SAVE_ENV: "3"})
+    assert result.returncode == -signal.SIGKILL
+    run = tmp_path / "killed"
+    assert (run / (LAST + ".tmp")).is_file()  # the interrupted write
+    previous = load_checkpoint(run / LAST)  # the one before it still loads
+    assert previous["state"]["step"] == 10
+    resume(run)
+    assert not list(run.glob("*.tmp"))  # cleaned up at the next start
+    assert_same_run(run, reference)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('pwned')",))
+
+
+def test_a_checkpoint_crafted_to_run_code_is_refused(tmp_path, killed_mid_epoch, monkeypatch
+                                                     ) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(killed_mid_epoch, run)
+    payload = load_checkpoint(run / LAST)
+    payload["rng"] = _RunsCode()
+    torch.save(payload, run / LAST)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DistillError, match="the checkpoint cannot be loaded safely"):
+        api.teach(resume=run, quiet=True)
+    assert not (tmp_path / "PWNED").exists()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+runner = CliRunner()
+
+
+def user_error(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stdout == ""
+    return result.stderr.strip()
+
+
+def test_resume_errors(tmp_path, reference, killed_mid_epoch) -> None:
+    assert user_error("teach", "--resume", str(tmp_path / "nope")) == (
+        f"error: --resume {tmp_path / 'nope'}: no such run folder")
+    assert user_error("teach", "--resume", str(reference)) == (
+        f"error: --resume {reference}: the run is finished (summary.json exists); nothing to "
+        f"resume")
+    empty = tmp_path / "empty"
+    shutil.copytree(killed_mid_epoch, empty)
+    (empty / LAST).unlink()
+    assert user_error("teach", "--resume", str(empty)) == (
+        f"error: --resume {empty}: no checkpoint ({LAST}) in it; nothing to resume")
+    (empty / LAST).write_bytes(b"")
+    assert user_error("teach", "--resume", str(empty)) == (
+        f"error: {empty / LAST}: the checkpoint is empty (a save was interrupted?); nothing "
+        f"to resume from it")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(killed_mid_epoch, truncated)
+    data = (truncated / LAST).read_bytes()
+    (truncated / LAST).write_bytes(data[: len(data) // 2])
+    message = user_error("teach", "--resume", str(truncated))
+    assert message.startswith(f"error: {truncated / LAST}: the checkpoint cannot be loaded "
+                              f"safely (truncated, corrupted, or it needs arbitrary code): ")
+    assert user_error("student", "--resume", str(killed_mid_epoch), "--wandb", "disabled") == (
+        f"error: --resume {killed_mid_epoch}: a teacher run; resume it with `distill teach "
+        f"--resume {killed_mid_epoch}`")
+
+
+def test_resume_with_a_changed_recipe_is_refused_unless_allowed(tmp_path, killed_mid_epoch
+                                                                ) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(killed_mid_epoch, run)
+    assert user_error("teach", "--resume", str(run), "--epochs", "3", "--lr", "0.01") == (
+        f"error: --resume {run}: the recipe differs from the run's: teacher.epochs: 2 -> 3; "
+        f"teacher.optim.lr: 0.001 -> 0.01; pass --allow-changes to resume with it anyway")
+    result = runner.invoke(app, ["teach", "--resume", str(run), "--epochs", "3",
+                                 "--allow-changes", "--wandb", "disabled", "-q"])
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
+
+
+def test_non_finite_loss_stops_with_the_step_and_a_hint(tmp_path) -> None:
+    result = runner.invoke(app, ["teach", "--lr", "1e12", "--set", "teacher.optim.name=sgd",
+                                 "--epochs", "1", "--checkpoint-every", "100",
+                                 "--output-dir", str(tmp_path), "--name", "nan", "--wandb",
+                                 "disabled", "-q"])
+    assert result.exit_code == 2
+    message = result.stderr.strip()
+    assert message.startswith("error: non-finite loss at epoch 1, step ")
+    assert message.endswith("term is not finite; lower the learning rate (optim.lr), add grad "
+                            "clipping (optim.grad_clip), or disable mixed precision")
+    assert not (tmp_path / "nan" / LAST).exists()
+
+
+def test_deterministic_runs_are_bitwise_equal(tmp_path) -> None:
+    try:
+        for name in ("a", "b"):
+            api.teach(overrides={"teacher.epochs": 1, "output_dir": str(tmp_path),
+                                 "deterministic": True}, name=name, quiet=True)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
