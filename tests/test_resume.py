@@ -242,3 +242,21 @@ def test_deterministic_runs_are_bitwise_equal(tmp_path) -> None:
         torch.use_deterministic_algorithms(False)
     wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resuming_a_student_whose_teacher_changed_is_refused(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    out = str(tmp_path)
+    teacher = api.teach(overrides={"teacher.epochs": 1, "output_dir": out}, name="t",
+                        quiet=True).run_dir
+    student = api.student(overrides={"student.epochs": 1, "output_dir": out,
+                                     "student.teacher": str(teacher)}, name="s",
+                          quiet=True).run_dir
+    (student / "summary.json").unlink()  # as if killed after its last checkpoint
+    tensors = weights(teacher)
+    key = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[key] = tensors[key] * 2
+    save_file(tensors, str(teacher / "model.safetensors"))
+    assert user_error("student", "--resume", str(student)).startswith(
+        f"error: teacher {teacher} changed since this run started (sha256 ")
