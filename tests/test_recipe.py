@@ -282,7 +282,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     path = write(tmp_path, "r.yaml", "bogus: 1\n")
     assert recipe_error(path) == (
         f"{path}: unknown key 'bogus' (allowed under 'top level': name, seed, device, "
-        "output_dir, data, teacher, student, wandb)")
+        "output_dir, deterministic, checkpoint, data, teacher, student, wandb)")
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
