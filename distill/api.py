@@ -379,3 +379,162 @@ def _teacher_weights(info: dict[str, Any]) -> Path:
 def eval_table(result: dict[str, Any]):
     """The table `distill eval` prints."""
     return summary_table({**result, "profile": result["profile"]})
+
+
+@dataclass
+class SweepResult:
+    """A sweep's folder and its results rows (also in ``sweep_dir/results.csv``)."""
+
+    sweep_dir: Path
+    rows: list[dict[str, Any]]
+
+
+def sweep(recipe: RecipeLike = None, overrides: dict[str, Any] | None = None, *,
+          Ts: list[float], alphas: list[float], seeds: list[int], mode: str = "auto",
+          name: str | None = None, quiet: bool = False, wandb: str | None = None,
+          chunk_size: int | None = None) -> SweepResult:
+    """Train one student per (T, alpha, seed) cell from one teacher; see ``distill/sweep.py``.
+
+    ``mode``: ``batched`` trains the cells of a chunk together (one teacher forward and one
+    vmapped student forward/backward per batch), ``sequential`` one after another, ``auto``
+    batched where the model allows it. Re-running with the same ``name`` continues.
+    """
+    from distill import sweep as sw
+    from distill.batched import batching_problem, train_batched
+
+    base = as_recipe(recipe, _with_wandb(overrides, wandb))
+    cells = sw.grid(Ts, alphas, seeds)
+    console = Console(stderr=True, quiet=quiet)
+    require_wandb(resolve_mode(base.wandb.mode))
+    teacher_location, teacher_acc = _sweep_teacher(base, max(alphas) > 0)
+    out = Path(base.output_dir)
+    sweep_name = name or f"sweep-{_run_prefix(base, 'student').removeprefix('student-')}-" \
+                         f"{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_dir = out / sweep_name
+    if mode not in ("auto", "batched", "sequential"):
+        raise DistillError(f"--mode '{mode}': use auto, batched or sequential")
+    problem = batching_problem(base) if mode != "sequential" else None
+    if problem and mode == "batched":
+        raise DistillError(f"--mode batched: {problem}; use --mode sequential")
+    chosen = "sequential" if mode == "sequential" or problem else "batched"
+    if problem:
+        console.print(f"sweep: sequential mode, because {problem}", markup=False)
+    info = sw.sweep_info(base, cells, teacher_location or "", chosen)
+    if base.student.baseline:
+        info["baseline_test_accuracy"] = read_baseline(base.student.baseline)["test"]["accuracy"]
+    info["teacher_test_accuracy"] = teacher_acc
+    sw.check_same_sweep(sweep_dir, info)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_json(sweep_dir / sw.SWEEP_FILE, info)
+    dump_recipe(base, sweep_dir / "recipe.yaml")
+    console.print(f"sweep folder: {sweep_dir} ({len(cells)} students, {chosen})", markup=False)
+
+    common = {"output_dir": str(sweep_dir), "wandb.group": sweep_name}
+    if teacher_location:
+        common["student.teacher"] = teacher_location
+    todo = []
+    for cell in cells:
+        run = sweep_dir / cell.name
+        if (run / SUMMARY).is_file():
+            console.print(f"  {cell.name}: finished, kept", markup=False)
+            continue
+        if run.exists() and not (run / "checkpoint-last.pt").is_file():
+            import shutil
+
+            shutil.rmtree(run)  # started but nothing to resume from: train it again
+        todo.append(cell)
+    if chosen == "batched":  # cells interrupted with a checkpoint resume one by one
+        resumable = [c for c in todo if (sweep_dir / c.name).exists()]
+        fresh = [c for c in todo if c not in resumable]
+        todo = resumable + train_batched(base, common, fresh, sweep_dir, chunk_size, console)
+    for i, cell in enumerate(todo, 1):
+        run = sweep_dir / cell.name
+        start = time.perf_counter()
+        if run.exists():
+            student(resume=run, quiet=True, wandb=base.wandb.mode)
+        else:
+            student(base, {**common, **cell.overrides()}, name=cell.name, quiet=True)
+        row = sw.cell_result(run)
+        console.print(f"  [{i}/{len(todo)}] {cell.name}: val "
+                      f"{100 * (row['val_accuracy'] or 0):.2f}%  test "
+                      f"{100 * row['test_accuracy']:.2f}%  "
+                      f"({time.perf_counter() - start:.1f} s)", markup=False)
+        sw.write_results(sweep_dir, cells)
+    rows = sw.write_results(sweep_dir, cells)
+    sw.plot_heatmap(rows, sweep_dir / sw.HEATMAP, title=f"{sweep_name}: validation accuracy")
+    Console(quiet=quiet).print(sw.sweep_table(sweep_dir, rows))
+    _log_sweep(base, sweep_dir, rows)
+    return SweepResult(sweep_dir, rows)
+
+
+def _sweep_teacher(recipe: Recipe, needed: bool) -> tuple[str | None, float | None]:
+    """The one teacher location all cells use, and its test accuracy when known."""
+    from distill.teacher import newest_teacher_run
+
+    location = recipe.student.teacher
+    if location is None:
+        run = newest_teacher_run(Path(recipe.output_dir), recipe.data.name)
+        location = str(run) if run is not None else None
+    if location is None and needed:
+        raise DistillError(f"no finished teacher run for dataset '{recipe.data.name}' in "
+                           f"{recipe.output_dir}/; run `distill teach` first, or pass --teacher")
+    summary = read_summary(Path(location)) if location and Path(location).is_dir() else None
+    return location, (summary["test"]["accuracy"] if summary else None)
+
+
+def _log_sweep(recipe: Recipe, sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """The sweep's table (and heatmap) as a wandb run of its own, when tracking is on."""
+    from distill.sweep import COLUMNS, HEATMAP
+
+    tracker = Tracker(recipe.wandb.model_copy(update={"group": sweep_dir.name}), sweep_dir,
+                      "sweep", {"sweep": sweep_dir.name}, None)
+    if tracker.run is None:
+        return
+    table = tracker._wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])
+    tracker.run.log({"results": table})
+    tracker.log_image("heatmap", sweep_dir / HEATMAP)
+    tracker.finish()
+
+
+@dataclass
+class CellRun:
+    """A student run folder being trained outside :func:`_train` (a batched sweep cell)."""
+
+    run_dir: Path
+    log: MetricsLog
+    teacher: FrozenTeacher | None
+    source: Any
+
+
+def start_cell(recipe: Recipe, sweep_dir: Path, name: str, device: str,
+               teacher: FrozenTeacher | None, source: Any) -> CellRun:
+    """Create a cell's run folder exactly as a `distill student` run would."""
+    run_dir = create_run_dir(sweep_dir, "student", name)
+    write_json(run_dir / "environment.json",
+               {**environment(device), "wandb_id": uuid.uuid4().hex[:12], "batched": True})
+    dump_recipe(recipe, run_dir / "recipe.yaml")
+    return CellRun(run_dir, MetricsLog(run_dir / "metrics.jsonl"), teacher, source)
+
+
+def finish_cell(recipe: Recipe, run: CellRun, model: torch.nn.Module, data: DataBundle,
+                best: dict[str, Any], wall: float) -> dict[str, Any]:
+    """Export, evaluate and summarise a batched cell exactly as a single student run."""
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(model=model, best_weights=best.get("weights"),
+                            best_epoch=best.get("epoch"),
+                            best_val_accuracy=best.get("val_accuracy"))
+    env = json.loads((run.run_dir / "environment.json").read_text())
+    tracker = Tracker(recipe.wandb, run.run_dir, "student", recipe.model_dump(mode="json"),
+                      None, run_id=env.get("wandb_id"))
+    history = run.log.read()
+    try:
+        for record in history:
+            tracker.log(record, step=record["epoch"])
+        summary = _finish("student", recipe, run.run_dir, state, data, run.teacher, run.source,
+                          history, wall, tracker, [])
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish()
+    return summary

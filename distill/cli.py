@@ -182,6 +182,82 @@ def student(recipe: Optional[str] = RecipeOpt,
                         allow_changes=allow_changes), quiet)
 
 
+@app.command()
+@user_errors
+def sweep(recipe: Optional[str] = RecipeOpt,
+          T: str = typer.Option("1,2,4,8,16", "--T", help="Temperatures, comma-separated."),
+          alpha: str = typer.Option("0.1,0.3,0.5,0.7,0.9", "--alpha",
+                                    help="Soft-term weights in [0, 1], comma-separated."),
+          seeds: str = typer.Option("0", "--seeds", help="Seeds, comma-separated (each cell "
+                                    "is trained once per seed)."),
+          mode: str = typer.Option("auto", "--mode", help="batched (students of a chunk "
+                                   "trained together, one teacher forward per batch), "
+                                   "sequential, or auto (batched where the model allows)."),
+          chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Students per "
+                                                   "batched chunk (default: as many as fit)."),
+          teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher run folder "
+                                                "(default: the newest teacher run)."),
+          baseline: Optional[str] = typer.Option(None, "--baseline", help="A baseline student "
+                                                 "run, for the share of the gap closed."),
+          wandb_sweep: Optional[Path] = typer.Option(None, "--wandb-sweep", help="Write a wandb "
+                                                     "sweep config (grid) to this file and "
+                                                     "exit; run it with `wandb sweep` + "
+                                                     "`wandb agent` on many machines."),
+          dataset: Optional[str] = DatasetOpt, data_dir: Optional[str] = DataDirOpt,
+          epochs: Optional[int] = EpochsOpt, device: Optional[str] = DeviceOpt,
+          name: Optional[str] = typer.Option(None, "--name", help="Sweep folder name; the "
+                                             "same name again continues that sweep."),
+          output_dir: Optional[str] = OutputOpt, wandb: Optional[str] = WandbOpt,
+          set_: Optional[list[str]] = SetOpt,
+          resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this sweep "
+                                                "folder (same as --name with its name): "
+                                                "finished cells are kept, interrupted ones "
+                                                "resume from their checkpoints."),
+          quiet: bool = QuietOpt, debug: bool = DebugOpt) -> None:
+    """Train a T x alpha (x seed) grid of students from one teacher and tabulate it.
+
+    Example: distill sweep --T 1,2,4,8 --alpha 0.5,0.9 --seeds 0,1,2. Writes outputs/<sweep>/ with one run folder per cell, results.csv, heatmap.png; the best cell is chosen on validation accuracy, never on test.
+    """
+    from distill import sweep as sw
+    from distill.api import sweep as run_sweep
+
+    if resume is not None:
+        if not (resume / sw.SWEEP_FILE).is_file():
+            raise DistillError(f"--resume {resume}: not a sweep folder (no {sw.SWEEP_FILE})")
+        name, output_dir = resume.name, str(resume.parent)
+        recipe = recipe or str(resume / "recipe.yaml")
+    Ts, alphas = sw.parse_values(T, "T"), sw.parse_values(alpha, "alpha")
+    seed_list = sw.parse_values(seeds, "seeds", int)
+    overrides = _overrides("student", set_, teacher=teacher, baseline=baseline,
+                           dataset=dataset, data_dir=data_dir, epochs=epochs, device=device,
+                           output_dir=output_dir, wandb=wandb)
+    if wandb_sweep is not None:
+        extra = [f"--set={k}={v}" for k, v in overrides.items()]
+        sw.grid(Ts, alphas, seed_list)  # validate the values
+        sw.write_wandb_sweep(wandb_sweep, sw.wandb_sweep_config(recipe, Ts, alphas, seed_list,
+                                                                extra))
+        err.print(f"wrote {wandb_sweep}: run `wandb sweep {wandb_sweep}`, then `wandb agent "
+                  f"<sweep id>` on each machine (one per GPU)", markup=False, soft_wrap=True)
+        return
+    result = run_sweep(recipe, overrides, Ts=Ts, alphas=alphas, seeds=seed_list, mode=mode,
+                       name=name, quiet=quiet, chunk_size=chunk_size)
+    if quiet:
+        Console().print(sw.sweep_table(result.sweep_dir, result.rows))
+    err.print(f"done: {result.sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def report(sweep_dir: Path = typer.Argument(..., help="A sweep folder (outputs/<sweep>)."),
+           debug: bool = DebugOpt) -> None:
+    """Reprint a sweep's table and redraw its heatmap from its files."""
+    from distill.sweep import report as run_report
+
+    if not sweep_dir.is_dir():
+        raise DistillError(f"{sweep_dir}: no such sweep folder")
+    run_report(sweep_dir)
+
+
 @app.command("eval")
 @user_errors
 def eval_(run: Path = typer.Argument(..., help="A finished run folder (outputs/<run>)."),

@@ -99,8 +99,22 @@ def _inner_kwargs(name: str, cfg: OptimConfig) -> tuple[str, dict[str, Any]]:
                       f"timm.optim.list_optimizers() name")
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.name`` over ``model``'s trainable parameters."""
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """timm's parameter groups (no decay on biases, norms and ``no_weight_decay()`` names),
+    with parameter names instead of parameters: ``[{"names": [...], "weight_decay": wd}]``."""
+    from timm.optim import param_groups_weight_decay
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    skip = getattr(model, "no_weight_decay", lambda: set())()
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
+    return [{"names": [names[id(p)] for p in g["params"]], "weight_decay": g["weight_decay"]}
+            for g in groups]
+
+
+def build_optimizer(model: nn.Module | list[dict[str, Any]], cfg: OptimConfig
+                    ) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.name`` over ``model``'s trainable parameters (or over
+    given parameter groups, e.g. stacked parameters of a batched sweep)."""
     name = cfg.name.lower()
     lookahead = name.startswith("lookahead_")
     inner = name.removeprefix("lookahead_")

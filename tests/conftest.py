@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# also for module-scoped fixtures, which run before the function-scoped one below
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["WANDB_SILENT"] = "true"
+
 
 @pytest.fixture(autouse=True)
 def _no_network_tracking(monkeypatch: pytest.MonkeyPatch) -> None:

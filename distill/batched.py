@@ -1,0 +1,251 @@
+"""Batched sweeps: many students trained together, one teacher forward per batch.
+
+The students of a chunk share the architecture and differ in T, alpha and seed. Their
+parameters and buffers are stacked (``torch.func.stack_module_state``: every tensor gets a
+leading student dimension S) and run with ``vmap(functional_call)``, so each step is one
+forward and one backward for all of them:
+
+- inputs ``x [B, C, H, W]`` are shared; student logits are ``[S, B, K]``; the teacher's
+  logits ``[B, K]`` are computed once per batch (they do not depend on T or alpha);
+- the loss is the sum over students of each student's own loss, so each slice of a stacked
+  gradient is exactly that student's gradient;
+- the optimizer runs over the stacked tensors. Adam, SGD, weight decay and Lookahead are
+  elementwise, so each slice is updated as that student alone would be; the weight-decay
+  groups are the single model's (taken by parameter name), the schedule is the same;
+- BatchNorm running statistics are stacked with the other buffers and update per student.
+
+A cell's student starts from the same initialisation as ``distill student --seed s`` (each is
+built after seeding with its own seed) and sees the same batches, so it ends with the same
+weights up to float tolerance (batched matrix products round differently).
+
+Not batched (the sweep falls back to sequential mode and says why): dropout (vmap would draw
+other masks than the student alone), gradient clipping (a per-student global norm).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from distill.data import DataBundle, eval_batches, load_data, num_batches, train_batches
+from distill.engine import resolve_device
+from distill.models import build_model
+from distill.optim import build_optimizer, build_scheduler, weight_decay_groups
+from distill.recipe import Recipe
+
+
+def batching_problem(recipe: Recipe) -> str | None:
+    """Why this recipe's students cannot be trained batched (None when they can)."""
+    cfg = recipe.student
+    if cfg.optim.grad_clip is not None:
+        return "gradient clipping needs a per-student norm, which batched mode does not do"
+    if (cfg.model.dropout or 0) > 0 or (cfg.model.input_dropout or 0) > 0:
+        return "the student uses dropout, whose masks would differ from a student trained alone"
+    return None
+
+
+def model_problem(model: nn.Module) -> str | None:
+    """Module-level reasons (e.g. a timm model with dropout or drop-path inside)."""
+    for name, module in model.named_modules():
+        p = getattr(module, "p", None) if isinstance(module, nn.modules.dropout._DropoutNd) else None
+        if p:
+            return f"the student has dropout ({name or 'model'}, p={p})"
+        if type(module).__name__ == "DropPath" and getattr(module, "drop_prob", 0):
+            return f"the student has drop-path ({name})"
+    return None
+
+
+class StackedStudents:
+    """S students of one architecture as stacked tensors, called with ``vmap``."""
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        self.template = copy.deepcopy(models[0]).to("meta")
+        self.params, self.buffers = stack_module_state(models)
+        self.size = len(models)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x [B, C, H, W]`` -> logits ``[S, B, K]``."""
+        def one(params, buffers, inputs):
+            return functional_call(self.template, (params, buffers), (inputs,))
+
+        return vmap(one, in_dims=(0, 0, None), randomness="error")(self.params, self.buffers, x)
+
+    def train(self, mode: bool = True) -> None:
+        self.template.train(mode)
+
+    def state_dict(self, i: int) -> dict[str, Tensor]:
+        """Student ``i``'s own state dict (CPU copies)."""
+        merged = {**self.params, **self.buffers}
+        return {k: v[i].detach().to("cpu", copy=True) for k, v in merged.items()}
+
+
+def per_student_loss(logits: Tensor, teacher_logits: Tensor | None, y: Tensor, T: Tensor,
+                     alpha: Tensor, label_smoothing: float = 0.0) -> dict[str, Tensor]:
+    """``losses.distillation_loss`` for S students at once: each part is ``[S]``.
+
+    ``logits [S, B, K]``, ``teacher_logits [B, K]``, ``y [B]``, ``T`` and ``alpha`` ``[S]``.
+    """
+    S, B, K = logits.shape
+    logits = logits.float()
+    hard = F.cross_entropy(logits.reshape(S * B, K), y.repeat(S), reduction="none",
+                           label_smoothing=label_smoothing).view(S, B).mean(1)
+    if teacher_logits is None:
+        return {"loss": hard, "soft": torch.zeros_like(hard), "hard": hard}
+    t = T.view(S, 1, 1)
+    log_s = F.log_softmax(logits / t, dim=-1)
+    log_t = F.log_softmax(teacher_logits.float().unsqueeze(0) / t, dim=-1)
+    soft = (log_t.exp() * (log_t - log_s)).sum(-1).mean(-1) * T * T
+    return {"loss": alpha * soft + (1 - alpha) * hard, "soft": soft, "hard": hard}
+
+
+def stacked_optimizer(students: StackedStudents, model: nn.Module, recipe: Recipe):
+    """The student optimizer and schedule over the stacked parameters, grouped as for one."""
+    cfg = recipe.student.optim
+    groups = [{"params": [students.params[n] for n in g["names"]],
+               "weight_decay": g["weight_decay"]}
+              for g in weight_decay_groups(model, cfg.weight_decay)]
+    return build_optimizer(groups, cfg)
+
+
+@torch.no_grad()
+def predict_stacked(students: StackedStudents, data: DataBundle, split) -> Tensor:
+    """Logits ``[S, N, K]`` (CPU, float32) of every student over a split, in eval mode."""
+    students.train(False)
+    out = torch.cat([students(x).float() for x, _ in eval_batches(split, data.info)], dim=1)
+    students.train(True)
+    return out.cpu()
+
+
+def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundle,
+                teacher, recipes: list[Recipe], on_epoch) -> None:
+    """Train all students for the recipe's epochs; ``on_epoch(i, record, weights)`` per student."""
+    cfg = recipes[0].student
+    device = data.train.images.device
+    T = torch.tensor([r.student.T for r in recipes], device=device)
+    alpha = torch.tensor([r.student.alpha for r in recipes], device=device)
+    use_teacher = teacher is not None and bool((alpha > 0).any())
+    step = 0
+    for epoch in range(cfg.epochs):
+        students.train(True)
+        start = time.perf_counter()
+        sums = {k: torch.zeros(students.size, device=device) for k in ("loss", "soft", "hard")}
+        seen = 0
+        for x, y in train_batches(data.train, data.info, cfg.batch_size,
+                                  recipes[0].data.data_seed, epoch):
+            t_logits = teacher(x) if use_teacher else None
+            parts = per_student_loss(students(x), t_logits, y, T, alpha, cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].sum().backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for k in sums:
+                sums[k] += parts[k].detach() * y.shape[0]
+            seen += y.shape[0]
+        seconds = time.perf_counter() - start
+        if not torch.isfinite(sums["loss"]).all():
+            from distill.errors import DistillError
+
+            bad = [recipes[i].seed for i in range(students.size)
+                   if not torch.isfinite(sums["loss"][i])]
+            raise DistillError(f"non-finite loss in epoch {epoch + 1} for the student(s) with "
+                               f"seed {bad}; lower the learning rate (optim.lr)")
+        val = _val(students, data)
+        for i in range(students.size):
+            record = {"epoch": epoch + 1, "step": step,
+                      "train_loss": (sums["loss"][i] / seen).item(),
+                      "train_hard": (sums["hard"][i] / seen).item()}
+            if teacher is not None:
+                record["train_soft"] = (sums["soft"][i] / seen).item()
+            record["lr"] = optimizer.param_groups[0]["lr"]
+            if val is not None:
+                record["val_loss"], record["val_accuracy"] = val[0][i], val[1][i]
+            record["epoch_seconds"] = round(seconds, 4)
+            record["images_per_second"] = round(seen * students.size / max(seconds, 1e-9), 1)
+            on_epoch(i, record)
+
+
+def _val(students: StackedStudents, data: DataBundle) -> tuple[list[float], list[float]] | None:
+    if data.val is None:
+        return None
+    logits = predict_stacked(students, data, data.val)
+    labels = data.val.labels.cpu()
+    S, N, K = logits.shape
+    loss = F.cross_entropy(logits.reshape(S * N, K), labels.repeat(S), reduction="none")
+    acc = (logits.argmax(-1) == labels).float().mean(1)
+    return loss.view(S, N).mean(1).tolist(), acc.tolist()
+
+
+def chunk_size_for(model: nn.Module, requested: int | None, cells: int) -> int:
+    """Students per chunk: as requested, else as many as fit a memory budget."""
+    if requested:
+        return requested
+    params = sum(p.numel() for p in model.parameters())
+    budget = 2 * 1024**3 // 4  # floats: ~2 GiB for weights, grads and optimizer state
+    return max(1, min(cells, budget // max(1, params * 6)))
+
+
+def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: Path,
+                  chunk_size: int | None, console) -> list:
+    """Train ``cells`` in batched chunks; returns the cells that must run sequentially."""
+    from distill.api import as_recipe, finish_cell, seed_everything, start_cell
+    from distill.teacher import load_teacher
+
+    if not cells:
+        return []
+    device = resolve_device(base.device)
+    data = load_data(base.data).to(device)
+    teacher, source = None, None
+    if common.get("student.teacher"):
+        teacher, source = load_teacher(common["student.teacher"], base.student.teacher_model,
+                                  data.info, Path(base.output_dir))
+        teacher.to(device)
+    probe = build_model(base.student.model.name, data.info.in_shape, data.info.num_classes,
+                        **base.student.model.build_options())
+    problem = model_problem(probe)
+    if problem:
+        console.print(f"sweep: sequential mode, because {problem}", markup=False)
+        return cells
+    size = chunk_size_for(probe, chunk_size, len(cells))
+    for first in range(0, len(cells), size):
+        chunk = cells[first:first + size]
+        recipes = [as_recipe(base, {**common, **c.overrides()}) for c in chunk]
+        console.print(f"  chunk {first // size + 1}: {len(chunk)} students batched "
+                      f"({', '.join(c.name for c in chunk)})", markup=False)
+        start = time.perf_counter()
+        models = []
+        for r in recipes:
+            seed_everything(r.seed)
+            models.append(build_model(r.student.model.name, data.info.in_shape,
+                                      data.info.num_classes,
+                                      **r.student.model.build_options()).to(device))
+        runs = [start_cell(r, sweep_dir, c.name, str(device), teacher, source)
+                for r, c in zip(recipes, chunk)]
+        students = StackedStudents(models)
+        optimizer = stacked_optimizer(students, models[0], recipes[0])
+        scheduler = build_scheduler(optimizer, recipes[0].student.optim,
+                                    num_batches(len(data.train), recipes[0].student.batch_size),
+                                    recipes[0].student.epochs)
+        best: list[dict[str, Any]] = [{} for _ in chunk]
+
+        def on_epoch(i: int, record: dict[str, Any]) -> None:
+            runs[i].log.append(record)
+            acc = record.get("val_accuracy")
+            if acc is not None and (not best[i] or acc > best[i]["val_accuracy"]):
+                best[i] = {"epoch": record["epoch"], "val_accuracy": acc,
+                           "weights": students.state_dict(i)}
+
+        fit_stacked(students, optimizer, scheduler, data, teacher, recipes, on_epoch)
+        wall = time.perf_counter() - start
+        for i, (r, run) in enumerate(zip(recipes, runs)):
+            models[i].load_state_dict(students.state_dict(i))
+            finish_cell(r, run, models[i], data, best[i], wall / len(chunk))
+        console.print(f"  chunk done in {wall:.1f} s", markup=False)
+    return []

@@ -1,0 +1,266 @@
+"""T x alpha (x seed) grids of students: run, collect, tabulate, plot, export for wandb agents.
+
+A sweep folder ``outputs/<sweep>/`` holds one normal student run folder per cell
+(``T4-a0.9-s0/``), ``sweep.json`` (the grid and the teacher), ``results.csv`` (one row per
+cell and seed), ``heatmap.png`` (validation accuracy over T x alpha) and the table printed at
+the end. All cells share the recipe's ``data_seed`` and the same teacher, so they see the
+same batches and differ only in T, alpha and seed; each cell is exactly the student that
+``distill student --T t --alpha a --seed s`` would train with the same recipe.
+
+Running the same sweep again (same ``--name``) skips finished cells, resumes interrupted
+ones from their checkpoints, and trains the rest; nothing finished is overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from distill.errors import DistillError, RecipeError
+from distill.recipe import Recipe
+
+RESULTS = "results.csv"
+SWEEP_FILE = "sweep.json"
+HEATMAP = "heatmap.png"
+COLUMNS = ["T", "alpha", "seed", "val_accuracy", "best_val_accuracy", "test_accuracy",
+           "wall_seconds", "run"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One student of the grid."""
+
+    T: float
+    alpha: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"T{self.T:g}-a{self.alpha:g}-s{self.seed}"
+
+    def overrides(self) -> dict[str, Any]:
+        return {"student.T": self.T, "student.alpha": self.alpha, "seed": self.seed}
+
+
+def parse_values(text: str, what: str, cast=float) -> list:
+    """``"1,2,4"`` -> ``[1.0, 2.0, 4.0]``, with a one-line error for bad input."""
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RecipeError(f"--{what} '{text}': expected comma-separated numbers, e.g. "
+                          f"--{what} 1,2,4") from None
+    if not values:
+        raise RecipeError(f"--{what}: no values given")
+    if len(set(values)) != len(values):
+        raise RecipeError(f"--{what} '{text}': a value is repeated")
+    return values
+
+
+def grid(Ts: list[float], alphas: list[float], seeds: list[int]) -> list[Cell]:
+    """Every (T, alpha, seed) combination, T varying slowest."""
+    for T in Ts:
+        if T <= 0:
+            raise RecipeError(f"--T: every temperature must be > 0, got {T:g}")
+    for a in alphas:
+        if not 0 <= a <= 1:
+            raise RecipeError(f"--alpha: every alpha must lie in [0, 1], got {a:g}")
+    return [Cell(T, a, s) for T in Ts for a in alphas for s in seeds]
+
+
+# ----------------------------------------------------------------------------- results
+
+def cell_result(run: Path) -> dict[str, Any] | None:
+    """The results row of a finished cell run (None while unfinished)."""
+    path = run / "summary.json"
+    if not path.is_file():
+        return None
+    s = json.loads(path.read_text())
+    final = s.get("final_epoch") or {}
+    best = s.get("best_on_val") or {}
+    return {"T": s["kd"]["T"], "alpha": s["kd"]["alpha"], "seed": s["seed"],
+            "val_accuracy": final.get("val_accuracy"),
+            "best_val_accuracy": best.get("val_accuracy"),
+            "test_accuracy": s["test"]["accuracy"], "wall_seconds": s["wall_seconds"],
+            "run": run.name}
+
+
+def write_results(sweep_dir: Path, cells: list[Cell]) -> list[dict[str, Any]]:
+    """Collect the finished cells' rows into ``results.csv`` (in grid order)."""
+    rows = [r for c in cells if (r := cell_result(sweep_dir / c.name)) is not None]
+    tmp = sweep_dir / (RESULTS + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(sweep_dir / RESULTS)
+    return rows
+
+
+def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
+    path = sweep_dir / RESULTS
+    if not path.is_file():
+        raise DistillError(f"{sweep_dir}: no {RESULTS}; not a sweep folder, or no cell has "
+                           f"finished yet")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for k in ("T", "alpha", "val_accuracy", "best_val_accuracy", "test_accuracy",
+                  "wall_seconds"):
+            r[k] = float(r[k]) if r[k] not in ("", "None") else None
+        r["seed"] = int(r["seed"])
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (T, alpha): mean and std over seeds of val and test accuracy."""
+    groups: dict[tuple[float, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["T"], r["alpha"]), []).append(r)
+    out = []
+    for (T, alpha), rs in groups.items():
+        val = [r["val_accuracy"] for r in rs if r["val_accuracy"] is not None]
+        test = [r["test_accuracy"] for r in rs]
+        entry = {"T": T, "alpha": alpha, "seeds": len(rs), "test": _mean_std(test)}
+        entry["val"] = _mean_std(val) if val else None
+        out.append(entry)
+    return out
+
+
+def best_cell(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The cell with the highest mean validation accuracy (test never chooses)."""
+    with_val = [c for c in cells if c["val"] is not None]
+    return max(with_val, key=lambda c: c["val"][0]) if with_val else None
+
+
+def sweep_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
+    """The table printed at the end of a sweep and by `distill report`."""
+    info = json.loads((sweep_dir / SWEEP_FILE).read_text()) if (sweep_dir / SWEEP_FILE).is_file() else {}
+    cells = aggregate(rows)
+    best = best_cell(cells)
+    teacher = info.get("teacher_test_accuracy")
+    baseline = info.get("baseline_test_accuracy")
+    if baseline is None:  # alpha = 0 cells are baselines trained on the same batches
+        zero = [r["test_accuracy"] for r in rows if r["alpha"] == 0]
+        baseline = statistics.fmean(zero) if zero else None
+    table = Table(title=f"{sweep_dir.name}: {len(rows)} students (mean ± std over seeds)")
+    for col in ("T", "alpha", "seeds", "val acc", "test acc", "gap closed", ""):
+        table.add_column(col, justify="right")
+    pct = lambda ms: "—" if ms is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"  # noqa: E731
+    for c in sorted(cells, key=lambda c: (c["T"], c["alpha"])):
+        gap = "—"
+        if teacher is not None and baseline is not None and teacher != baseline:
+            gap = f"{100 * (c['test'][0] - baseline) / (teacher - baseline):.0f}%"
+        mark = "best on val" if c is best else ""
+        table.add_row(f"{c['T']:g}", f"{c['alpha']:g}", str(c["seeds"]), pct(c["val"]),
+                      pct(c["test"]), gap, mark, style="bold" if c is best else None)
+    notes = []
+    if teacher is not None:
+        notes.append(f"teacher test {100 * teacher:.2f}%")
+    if baseline is not None:
+        notes.append(f"baseline (alpha 0) test {100 * baseline:.2f}%")
+    if best is not None:
+        notes.append(f"chosen on validation: T {best['T']:g}, alpha {best['alpha']:g} -> "
+                     f"test {100 * best['test'][0]:.2f}%")
+    table.caption = "; ".join(notes)
+    return table
+
+
+def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """Mean validation accuracy over the T x alpha grid, as a PNG (None without val data)."""
+    import numpy as np
+
+    from distill.report import plt
+
+    cells = [c for c in aggregate(rows) if c["val"] is not None]
+    if not cells:
+        return None
+    Ts = sorted({c["T"] for c in cells})
+    alphas = sorted({c["alpha"] for c in cells})
+    grid_ = np.full((len(Ts), len(alphas)), np.nan)
+    for c in cells:
+        grid_[Ts.index(c["T"]), alphas.index(c["alpha"])] = 100 * c["val"][0]
+    fig, ax = plt.subplots(figsize=(1.2 * len(alphas) + 3, 0.8 * len(Ts) + 2))
+    image = ax.imshow(grid_, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label="val accuracy (%), mean over seeds")
+    for i in range(len(Ts)):
+        for j in range(len(alphas)):
+            if not np.isnan(grid_[i, j]):
+                ax.text(j, i, f"{grid_[i, j]:.2f}", ha="center", va="center", color="white",
+                        fontsize=9)
+    best = np.unravel_index(np.nanargmax(grid_), grid_.shape)
+    ax.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False,
+                               edgecolor="red", linewidth=2))
+    ax.set_xticks(range(len(alphas)), labels=[f"{a:g}" for a in alphas])
+    ax.set_yticks(range(len(Ts)), labels=[f"{t:g}" for t in Ts])
+    ax.set_xlabel("alpha (weight of the soft term)")
+    ax.set_ylabel("T (temperature)")
+    ax.set_title(title or "validation accuracy (best boxed)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(sweep_dir: Path, console: Console | None = None) -> list[dict[str, Any]]:
+    """Reprint the table and redraw the heatmap from the sweep folder's files."""
+    rows = read_results(sweep_dir)
+    plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{sweep_dir.name}: validation accuracy")
+    (console or Console()).print(sweep_table(sweep_dir, rows))
+    return rows
+
+
+# ----------------------------------------------------------------------------- wandb agents
+
+def wandb_sweep_config(recipe_spec: str | None, Ts: list[float], alphas: list[float],
+                       seeds: list[int], extra_args: list[str]) -> dict[str, Any]:
+    """A wandb sweep (grid) whose agents each run `distill student` for one cell."""
+    command = ["${env}", "distill", "student"]
+    if recipe_spec:
+        command += ["--recipe", recipe_spec]
+    command += [*extra_args, "${args}"]
+    return {
+        "method": "grid",
+        "metric": {"name": "best_on_val/val_accuracy", "goal": "maximize"},
+        "parameters": {"T": {"values": Ts}, "alpha": {"values": alphas},
+                       "seed": {"values": seeds}},
+        "command": command,
+    }
+
+
+def write_wandb_sweep(path: Path, config: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- running
+
+def sweep_info(recipe: Recipe, cells: list[Cell], teacher: str, mode: str) -> dict[str, Any]:
+    return {"teacher": teacher, "mode": mode, "recipe_fingerprint": recipe.fingerprint(),
+            "Ts": sorted({c.T for c in cells}), "alphas": sorted({c.alpha for c in cells}),
+            "seeds": sorted({c.seed for c in cells}), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def check_same_sweep(sweep_dir: Path, info: dict[str, Any]) -> None:
+    """A sweep folder continues only the same recipe and teacher (its cells stay comparable)."""
+    path = sweep_dir / SWEEP_FILE
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    for key in ("recipe_fingerprint", "teacher"):
+        if old.get(key) != info[key]:
+            raise DistillError(f"{sweep_dir}: this sweep was started with another "
+                               f"{'recipe' if key == 'recipe_fingerprint' else 'teacher'} "
+                               f"({old.get(key)}); use another --name for a new sweep")

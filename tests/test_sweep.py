@@ -1,0 +1,185 @@
+"""`distill sweep`: batched students equal students trained alone; results, report, re-runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import distill.api as api
+from distill.cli import app
+from distill.sweep import aggregate, best_cell, read_results
+
+runner = CliRunner()
+
+# weight decay > 0, Lookahead on, a cosine schedule: what batched mode must reproduce
+STUDENT = {"student.model.hidden_sizes": [16], "student.epochs": 3,
+           "student.optim.name": "lookahead_adam", "student.optim.weight_decay": 0.01,
+           "student.optim.la_k": 4, "student.optim.schedule": "cosine",
+           "student.optim.lr": 0.003}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher")
+    return api.teach(overrides={"teacher.epochs": 3, "output_dir": str(out)}, name="t",
+                     quiet=True).run_dir
+
+
+def alone(out: Path, teacher: Path, T: float, alpha: float, seed: int, extra=None) -> Path:
+    overrides = {**STUDENT, **(extra or {}), "output_dir": str(out), "student.teacher": str(teacher),
+                 "student.T": T, "student.alpha": alpha, "seed": seed}
+    return api.student(overrides=overrides, name=f"alone-{T:g}-{alpha:g}-{seed}",
+                       quiet=True).run_dir
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def close(a: Path, b: Path, atol: float = 1e-5) -> bool:
+    wa, wb = weights(a), weights(b)
+    return all(torch.allclose(wa[k].float(), wb[k].float(), atol=atol, rtol=0) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory, teacher) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    result = api.sweep(overrides={**STUDENT, "output_dir": str(out),
+                                  "student.teacher": str(teacher)},
+                       Ts=[2.0, 4.0], alphas=[0.0, 0.5], seeds=[0, 1], mode="batched",
+                       name="grid", quiet=True)
+    assert len(result.rows) == 8
+    return result.sweep_dir
+
+
+def test_a_batched_student_equals_the_same_student_trained_alone(tmp_path, teacher, batched
+                                                                 ) -> None:
+    single = alone(tmp_path, teacher, 4.0, 0.5, 1)
+    assert close(batched / "T4-a0.5-s1", single)
+    # the control: a student of the grid with another seed is not that student
+    assert not close(batched / "T4-a0.5-s0", single)
+    # the metrics agree too (apart from timing)
+    a = [json.loads(x) for x in (batched / "T4-a0.5-s1" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+    for ra, rb in zip(a, b):
+        assert ra["val_accuracy"] == pytest.approx(rb["val_accuracy"], abs=1e-6)
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
+
+
+def test_batchnorm_students_batch_with_their_running_statistics(tmp_path, teacher) -> None:
+    cnn = {"student.model.name": "cnn", "student.model.width": 4}
+    out = tmp_path / "bn"
+    api.sweep(overrides={**STUDENT, **cnn, "output_dir": str(out), "student.teacher": str(teacher)},
+              Ts=[4.0], alphas=[0.5], seeds=[0, 1], mode="batched", name="bn", quiet=True)
+    single = alone(tmp_path, teacher, 4.0, 0.5, 1, cnn)
+    cell = weights(out / "bn" / "T4-a0.5-s1")
+    ref = weights(single)
+    stats = [k for k in ref if "running_mean" in k]
+    assert stats and all(torch.allclose(cell[k], ref[k], atol=1e-4) for k in stats)
+    assert close(out / "bn" / "T4-a0.5-s1", single, atol=1e-4)
+
+
+def test_sequential_mode_is_the_single_run_exactly(tmp_path, teacher) -> None:
+    result = api.sweep(overrides={**STUDENT, "output_dir": str(tmp_path),
+                                  "student.teacher": str(teacher)},
+                       Ts=[4.0], alphas=[0.5], seeds=[1], mode="sequential", name="seq",
+                       quiet=True)
+    single = alone(tmp_path, teacher, 4.0, 0.5, 1)
+    assert close(result.sweep_dir / "T4-a0.5-s1", single, atol=0.0)
+
+
+def test_sweep_folder_results_and_report(batched, teacher) -> None:
+    rows = read_results(batched)
+    assert {(r["T"], r["alpha"], r["seed"]) for r in rows} == {
+        (T, a, s) for T in (2.0, 4.0) for a in (0.0, 0.5) for s in (0, 1)}
+    for r in rows:
+        summary = json.loads((batched / r["run"] / "summary.json").read_text())
+        assert r["test_accuracy"] == summary["test"]["accuracy"]
+        assert summary["teacher"]["location"] == str(teacher)
+        assert summary["kd"] == {"T": r["T"], "alpha": r["alpha"]}
+    assert (batched / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = runner.invoke(app, ["report", str(batched)])
+    assert result.exit_code == 0
+    assert "best on val" in result.stdout and "teacher test" in result.stdout
+
+
+def test_the_best_cell_is_chosen_on_validation_never_on_test() -> None:
+    rows = [{"T": 2.0, "alpha": 0.5, "seed": 0, "val_accuracy": 0.90, "test_accuracy": 0.99},
+            {"T": 4.0, "alpha": 0.5, "seed": 0, "val_accuracy": 0.95, "test_accuracy": 0.80}]
+    best = best_cell(aggregate(rows))
+    assert (best["T"], best["alpha"]) == (4.0, 0.5)
+
+
+def test_rerunning_a_sweep_keeps_finished_cells_and_trains_the_rest(tmp_path, teacher) -> None:
+    overrides = {**STUDENT, "output_dir": str(tmp_path), "student.teacher": str(teacher)}
+    first = api.sweep(overrides=overrides, Ts=[4.0], alphas=[0.5, 0.9], seeds=[0],
+                      mode="batched", name="again", quiet=True).sweep_dir
+    kept = (first / "T4-a0.5-s0" / "model.safetensors").stat().st_mtime_ns
+    (first / "T4-a0.9-s0" / "summary.json").unlink()  # as if killed before it finished
+    (first / "T4-a0.9-s0" / "model.safetensors").unlink()
+    again = api.sweep(overrides=overrides, Ts=[4.0], alphas=[0.5, 0.9], seeds=[0],
+                      mode="batched", name="again", quiet=True)
+    assert (first / "T4-a0.5-s0" / "model.safetensors").stat().st_mtime_ns == kept
+    assert (first / "T4-a0.9-s0" / "summary.json").is_file()
+    assert len(again.rows) == 2
+
+
+def test_dropout_students_fall_back_to_sequential(tmp_path, teacher) -> None:
+    overrides = {**STUDENT, "student.model.dropout": 0.1, "output_dir": str(tmp_path),
+                 "student.teacher": str(teacher), "wandb.mode": "disabled"}
+    result = runner.invoke(app, ["sweep", "--T", "4", "--alpha", "0.5", "--mode", "batched",
+                                 "--output-dir", str(tmp_path), "--teacher", str(teacher),
+                                 "--set", "student.model.dropout=0.1", "--wandb", "disabled"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: --mode batched: the student uses dropout, whose "
+                                     "masks would differ from a student trained alone; use "
+                                     "--mode sequential")
+    sweep = api.sweep(overrides=overrides, Ts=[4.0], alphas=[0.5], seeds=[0], name="drop",
+                      quiet=True)
+    info = json.loads((sweep.sweep_dir / "sweep.json").read_text())
+    assert info["mode"] == "sequential" and len(sweep.rows) == 1
+
+
+def test_wandb_sweep_config_for_agents(tmp_path) -> None:
+    path = tmp_path / "sweep.yaml"
+    result = runner.invoke(app, ["sweep", "--recipe", "mnist_hinton", "--T", "2,4",
+                                 "--alpha", "0.5,0.9", "--seeds", "0,1", "--wandb-sweep",
+                                 str(path)])
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load(path.read_text())
+    assert config["method"] == "grid"
+    assert config["parameters"] == {"T": {"values": [2.0, 4.0]},
+                                    "alpha": {"values": [0.5, 0.9]}, "seed": {"values": [0, 1]}}
+    assert config["command"] == ["${env}", "distill", "student", "--recipe", "mnist_hinton",
+                                 "${args}"]
+
+
+def test_bad_grid_values_are_one_line_errors() -> None:
+    result = runner.invoke(app, ["sweep", "--T", "2,x", "--wandb", "disabled"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: --T '2,x': expected comma-separated numbers, "
+                                     "e.g. --T 1,2,4")
+    result = runner.invoke(app, ["sweep", "--alpha", "0.5,1.5", "--wandb", "disabled"])
+    assert result.stderr.strip() == "error: --alpha: every alpha must lie in [0, 1], got 1.5"
+
+
+def test_sweep_resume_flag_continues_the_folder(tmp_path, teacher) -> None:
+    args = ["sweep", "--T", "4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
+            "--output-dir", str(tmp_path), "--name", "s", "--wandb", "disabled", "-q",
+            "--epochs", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    (tmp_path / "s" / "T4-a0.5-s0" / "summary.json").unlink()
+    result = runner.invoke(app, ["sweep", "--T", "4", "--alpha", "0.5", "--seeds", "0",
+                                 "--teacher", str(teacher), "--epochs", "1", "--resume",
+                                 str(tmp_path / "s"), "--wandb", "disabled", "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s" / "T4-a0.5-s0" / "summary.json").is_file()
+    bad = runner.invoke(app, ["sweep", "--resume", str(tmp_path)])
+    assert bad.exit_code == 2
+    assert bad.stderr.strip() == f"error: --resume {tmp_path}: not a sweep folder (no sweep.json)"
