@@ -183,3 +183,21 @@ def test_sweep_resume_flag_continues_the_folder(tmp_path, teacher) -> None:
     bad = runner.invoke(app, ["sweep", "--resume", str(tmp_path)])
     assert bad.exit_code == 2
     assert bad.stderr.strip() == f"error: --resume {tmp_path}: not a sweep folder (no sweep.json)"
+
+
+def test_a_wandb_agent_command_trains_one_cell(tmp_path, teacher) -> None:
+    """What `wandb agent` runs: the config's command with ${args} filled in for one cell."""
+    path = tmp_path / "sweep.yaml"
+    result = runner.invoke(app, ["sweep", "--T", "2,4", "--alpha", "0.5", "--teacher",
+                                 str(teacher), "--epochs", "1", "--output-dir",
+                                 str(tmp_path / "out"), "--wandb-sweep", str(path)])
+    assert result.exit_code == 0, result.output
+    command = yaml.safe_load(path.read_text())["command"]
+    assert command[:3] == ["${env}", "distill", "student"] and command[-1] == "${args}"
+    args = command[3:-1] + ["--T=4.0", "--alpha=0.5", "--seed=1", "--wandb=disabled", "-q"]
+    run = runner.invoke(app, ["student", *args])
+    assert run.exit_code == 0, run.output
+    (cell,) = (tmp_path / "out").iterdir()
+    summary = json.loads((cell / "summary.json").read_text())
+    assert summary["kd"] == {"T": 4.0, "alpha": 0.5} and summary["seed"] == 1
+    assert summary["teacher"]["location"] == str(teacher) and summary["epochs"] == 1
