@@ -432,11 +432,17 @@ def sweep(recipe: RecipeLike = None, overrides: dict[str, Any] | None = None, *,
     common = {"output_dir": str(sweep_dir), "wandb.group": sweep_name}
     if teacher_location:
         common["student.teacher"] = teacher_location
+    from distill.checkpoint import load_checkpoint
+
+    in_chunks = {n for f in sweep_dir.glob("chunk-*.pt") for n in load_checkpoint(f)["cells"]}
     todo = []
     for cell in cells:
         run = sweep_dir / cell.name
         if (run / SUMMARY).is_file():
             console.print(f"  {cell.name}: finished, kept", markup=False)
+            continue
+        if cell.name in in_chunks:  # an interrupted batched chunk continues
+            todo.append(cell)
             continue
         if run.exists() and not (run / "checkpoint-last.pt").is_file():
             import shutil
@@ -444,7 +450,7 @@ def sweep(recipe: RecipeLike = None, overrides: dict[str, Any] | None = None, *,
             shutil.rmtree(run)  # started but nothing to resume from: train it again
         todo.append(cell)
     if chosen == "batched":  # cells interrupted with a checkpoint resume one by one
-        resumable = [c for c in todo if (sweep_dir / c.name).exists()]
+        resumable = [c for c in todo if (sweep_dir / c.name).exists() and c.name not in in_chunks]
         fresh = [c for c in todo if c not in resumable]
         todo = resumable + train_batched(base, common, fresh, sweep_dir, chunk_size, console)
     for i, cell in enumerate(todo, 1):

@@ -25,6 +25,7 @@ other masks than the student alone), gradient clipping (a per-student global nor
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from distill.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
 from distill.data import DataBundle, eval_batches, load_data, num_batches, train_batches
 from distill.engine import resolve_device
 from distill.models import build_model
@@ -124,15 +126,17 @@ def predict_stacked(students: StackedStudents, data: DataBundle, split) -> Tenso
 
 
 def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundle,
-                teacher, recipes: list[Recipe], on_epoch) -> None:
-    """Train all students for the recipe's epochs; ``on_epoch(i, record, weights)`` per student."""
+                teacher, recipes: list[Recipe], on_epoch, start_epoch: int = 0,
+                on_epoch_end=None) -> None:
+    """Train all students from ``start_epoch`` to the recipe's epochs; ``on_epoch(i, record)``
+    per student and epoch, then ``on_epoch_end(epochs_done)`` (the chunk's checkpoint)."""
     cfg = recipes[0].student
     device = data.train.images.device
     T = torch.tensor([r.student.T for r in recipes], device=device)
     alpha = torch.tensor([r.student.alpha for r in recipes], device=device)
     use_teacher = teacher is not None and bool((alpha > 0).any())
-    step = 0
-    for epoch in range(cfg.epochs):
+    step = start_epoch * num_batches(len(data.train), cfg.batch_size)
+    for epoch in range(start_epoch, cfg.epochs):
         students.train(True)
         start = time.perf_counter()
         sums = {k: torch.zeros(students.size, device=device) for k in ("loss", "soft", "hard")}
@@ -170,6 +174,8 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
             record["epoch_seconds"] = round(seconds, 4)
             record["images_per_second"] = round(seen * students.size / max(seconds, 1e-9), 1)
             on_epoch(i, record)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
 
 
 def _val(students: StackedStudents, data: DataBundle) -> tuple[list[float], list[float]] | None:
@@ -195,7 +201,6 @@ def chunk_size_for(model: nn.Module, requested: int | None, cells: int) -> int:
 def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: Path,
                   chunk_size: int | None, console) -> list:
     """Train ``cells`` in batched chunks; returns the cells that must run sequentially."""
-    from distill.api import as_recipe, finish_cell, seed_everything, start_cell
     from distill.teacher import load_teacher
 
     if not cells:
@@ -214,38 +219,88 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
         console.print(f"sweep: sequential mode, because {problem}", markup=False)
         return cells
     size = chunk_size_for(probe, chunk_size, len(cells))
-    for first in range(0, len(cells), size):
-        chunk = cells[first:first + size]
-        recipes = [as_recipe(base, {**common, **c.overrides()}) for c in chunk]
-        console.print(f"  chunk {first // size + 1}: {len(chunk)} students batched "
-                      f"({', '.join(c.name for c in chunk)})", markup=False)
-        start = time.perf_counter()
-        models = []
-        for r in recipes:
-            seed_everything(r.seed)
-            models.append(build_model(r.student.model.name, data.info.in_shape,
-                                      data.info.num_classes,
-                                      **r.student.model.build_options()).to(device))
-        runs = [start_cell(r, sweep_dir, c.name, str(device), teacher, source)
-                for r, c in zip(recipes, chunk)]
-        students = StackedStudents(models)
-        optimizer = stacked_optimizer(students, models[0], recipes[0])
-        scheduler = build_scheduler(optimizer, recipes[0].student.optim,
-                                    num_batches(len(data.train), recipes[0].student.batch_size),
-                                    recipes[0].student.epochs)
-        best: list[dict[str, Any]] = [{} for _ in chunk]
-
-        def on_epoch(i: int, record: dict[str, Any]) -> None:
-            runs[i].log.append(record)
-            acc = record.get("val_accuracy")
-            if acc is not None and (not best[i] or acc > best[i]["val_accuracy"]):
-                best[i] = {"epoch": record["epoch"], "val_accuracy": acc,
-                           "weights": students.state_dict(i)}
-
-        fit_stacked(students, optimizer, scheduler, data, teacher, recipes, on_epoch)
-        wall = time.perf_counter() - start
-        for i, (r, run) in enumerate(zip(recipes, runs)):
-            models[i].load_state_dict(students.state_dict(i))
-            finish_cell(r, run, models[i], data, best[i], wall / len(chunk))
-        console.print(f"  chunk done in {wall:.1f} s", markup=False)
+    by_name = {c.name: c for c in cells}
+    chunks = []
+    for saved in sorted(sweep_dir.glob("chunk-*.pt")):  # interrupted chunks continue first
+        names = load_checkpoint(saved)["cells"]
+        if all(n in by_name for n in names):
+            chunks.append([by_name.pop(n) for n in names])
+    rest = list(by_name.values())
+    chunks += [rest[i:i + size] for i in range(0, len(rest), size)]
+    for number, chunk in enumerate(chunks, 1):
+        _train_chunk(base, common, chunk, number, sweep_dir, data, teacher, source, console)
     return []
+
+
+def chunk_path(sweep_dir: Path, names: list[str]) -> Path:
+    """Where a chunk's checkpoint lives (named by its cells, so a re-run finds it)."""
+    return sweep_dir / f"chunk-{hashlib.sha1(','.join(names).encode()).hexdigest()[:10]}.pt"
+
+
+def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
+                 sweep_dir: Path, data: DataBundle, teacher, source, console) -> None:
+    """Train one chunk batched, checkpointing it at each epoch end; resume it if it was
+    interrupted. The chunk checkpoint is removed once every cell is finished."""
+    from distill.api import CellRun, as_recipe, finish_cell, seed_everything, start_cell
+    from distill.tracking import MetricsLog
+
+    device = data.train.images.device
+    names = [c.name for c in chunk]
+    path = chunk_path(sweep_dir, names)
+    saved = load_checkpoint(path) if path.is_file() else None
+    recipes = [as_recipe(base, {**common, **c.overrides()}) for c in chunk]
+    console.print(f"  chunk {number}: {len(chunk)} students batched ({', '.join(names)})"
+                  + (f", resuming after epoch {saved['epoch']}" if saved else ""), markup=False)
+    start = time.perf_counter()
+    models = []
+    for r in recipes:
+        seed_everything(r.seed)
+        models.append(build_model(r.student.model.name, data.info.in_shape,
+                                  data.info.num_classes,
+                                  **r.student.model.build_options()).to(device))
+    if saved is None:
+        runs = [start_cell(r, sweep_dir, n, str(device), teacher, source)
+                for r, n in zip(recipes, names)]
+    else:
+        runs = [CellRun(sweep_dir / n, MetricsLog(sweep_dir / n / "metrics.jsonl"), teacher,
+                        source) for n in names]
+        for run in runs:
+            run.log.truncate_after(saved["epoch"])
+    students = StackedStudents(models)
+    optimizer = stacked_optimizer(students, models[0], recipes[0])
+    scheduler = build_scheduler(optimizer, recipes[0].student.optim,
+                                num_batches(len(data.train), recipes[0].student.batch_size),
+                                recipes[0].student.epochs)
+    best: list[dict[str, Any]] = [{} for _ in chunk]
+    if saved is not None:
+        with torch.no_grad():
+            for k, v in saved["params"].items():
+                students.params[k].copy_(v)
+            for k, v in saved["buffers"].items():
+                students.buffers[k].copy_(v)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        best = saved["best"]
+
+    def on_epoch(i: int, record: dict[str, Any]) -> None:
+        runs[i].log.append(record)
+        acc = record.get("val_accuracy")
+        if acc is not None and (not best[i] or acc > best[i]["val_accuracy"]):
+            best[i] = {"epoch": record["epoch"], "val_accuracy": acc,
+                       "weights": students.state_dict(i)}
+
+    def on_epoch_end(epochs_done: int) -> None:
+        save_atomic({"format": FORMAT_VERSION, "cells": names, "epoch": epochs_done,
+                     "params": {k: v.detach().cpu() for k, v in students.params.items()},
+                     "buffers": {k: v.detach().cpu() for k, v in students.buffers.items()},
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "best": best}, path)
+
+    fit_stacked(students, optimizer, scheduler, data, teacher, recipes, on_epoch,
+                start_epoch=saved["epoch"] if saved else 0, on_epoch_end=on_epoch_end)
+    wall = time.perf_counter() - start
+    for i, (r, run) in enumerate(zip(recipes, runs)):
+        models[i].load_state_dict(students.state_dict(i))
+        finish_cell(r, run, models[i], data, best[i], wall / len(chunk))
+    path.unlink(missing_ok=True)
+    console.print(f"  chunk done in {wall:.1f} s", markup=False)

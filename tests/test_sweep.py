@@ -201,3 +201,39 @@ def test_a_wandb_agent_command_trains_one_cell(tmp_path, teacher) -> None:
     summary = json.loads((cell / "summary.json").read_text())
     assert summary["kd"] == {"T": 4.0, "alpha": 0.5} and summary["seed"] == 1
     assert summary["teacher"]["location"] == str(teacher) and summary["epochs"] == 1
+
+
+def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher) -> None:
+    """SIGKILL right after the chunk's first epoch checkpoint; the re-run resumes the chunk
+    and ends with the same weights and metrics as a sweep never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from distill.checkpoint import KILL_AFTER_SAVE_ENV
+
+    args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
+            "--mode", "batched", "--wandb", "disabled", "-q"]
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]
+    whole = runner.invoke(app, [*args, *sets, "--output-dir", str(tmp_path), "--name", "whole"])
+    assert whole.exit_code == 0, whole.output
+    killed = subprocess.run([sys.executable, "-m", "distill", *args, *sets, "--output-dir",
+                             str(tmp_path), "--name", "killed"], capture_output=True, text=True,
+                            env={**os.environ, KILL_AFTER_SAVE_ENV: "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list((tmp_path / "killed").glob("chunk-*.pt"))) == 1
+    logged = (tmp_path / "killed" / "T2-a0.5-s0" / "metrics.jsonl").read_text()
+    assert len(logged.splitlines()) == 1  # epoch 1 was logged before the kill
+    again = runner.invoke(app, [*args, *sets, "--output-dir", str(tmp_path), "--name", "killed"])
+    assert again.exit_code == 0, again.output
+    # resumed, not retrained: epoch 1's record (timing fields included) is the one from before
+    after = (tmp_path / "killed" / "T2-a0.5-s0" / "metrics.jsonl").read_text().splitlines()
+    assert after[0] == logged.splitlines()[0] and len(after) == 3
+    assert not list((tmp_path / "killed").glob("chunk-*.pt"))
+    for cell in ("T2-a0.5-s0", "T4-a0.5-s0"):
+        assert close(tmp_path / "whole" / cell, tmp_path / "killed" / cell, atol=0.0)
+        strip = lambda run: [{k: v for k, v in json.loads(x).items()  # noqa: E731
+                              if k not in ("epoch_seconds", "images_per_second")}
+                             for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert strip(tmp_path / "whole" / cell) == strip(tmp_path / "killed" / cell)
