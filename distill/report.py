@@ -21,7 +21,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-__all__ = ["format_metric", "metrics_table", "plot_confusion_matrix", "plot_learning_curves"]
+__all__ = ["comparison_table", "format_metric", "plot_confusion_matrix", "plot_learning_curves"]
 
 DPI = 110
 MISSING = "—"
@@ -72,22 +72,6 @@ def format_metric(key: str, value: float | None) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:.4g}"
-
-
-def metrics_table(
-    title: str, rows: list[tuple[str, dict[str, float | None]]], columns: list[str]
-) -> Table:
-    """A rich table with one row per (model name, metrics dict) and one column per key.
-
-    Values are formatted by :func:`format_metric`; a key missing from a row shows "—".
-    """
-    table = Table(title=title or None)
-    table.add_column("model", style="bold")
-    for col in columns:
-        table.add_column(col, justify="right")
-    for name, values in rows:
-        table.add_row(name, *(format_metric(col, values.get(col)) for col in columns))
-    return table
 
 
 def comparison_table(title: str, models: list[tuple[str, dict[str, float | None]]],

@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from distill.report import format_metric, metrics_table, plot_confusion_matrix, plot_learning_curves
+from distill.report import comparison_table, format_metric, plot_confusion_matrix, plot_learning_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -134,21 +134,18 @@ def _render(table: Table) -> str:
     return console.export_text()
 
 
-def test_metrics_table() -> None:
-    rows = [
-        ("teacher", {"accuracy": 0.99, "nll": 0.03, "params": 1_200_000}),
+def test_comparison_table() -> None:
+    models = [
         ("student", {"accuracy": 0.975, "nll": 0.08, "params": 35_100, "gap_closed": None}),
+        ("teacher", {"accuracy": 0.99, "nll": 0.03, "params": 1_200_000}),
     ]
-    columns = ["accuracy", "nll", "params", "gap_closed"]
-    table = metrics_table("MNIST", rows, columns)
-    assert isinstance(table, Table)
-    assert table.row_count == 2
-    assert [c.header for c in table.columns] == ["model", *columns]
+    table = comparison_table("MNIST", models, ["accuracy", "nll", "params", "gap_closed", "ece"])
+    assert [c.header for c in table.columns] == ["metric", "student", "teacher"]
+    assert table.row_count == 3  # gap_closed and ece are missing everywhere: no row
     text = _render(table)
     assert "MNIST" in text
-    for cell in ("teacher", "student", "99.00%", "97.50%", "0.0300", "1.2M", "35.1K"):
-        assert cell in text
-    student_line = next(line for line in text.splitlines() if "student" in line)
-    assert "—" in student_line
-    teacher_line = next(line for line in text.splitlines() if "teacher" in line)
-    assert "—" in teacher_line  # gap_closed missing from the teacher's dict
+    accuracy_line = next(line for line in text.splitlines() if "accuracy" in line)
+    assert "97.50%" in accuracy_line and "99.00%" in accuracy_line
+    params_line = next(line for line in text.splitlines() if "params" in line)
+    assert "35.1K" in params_line and "1.2M" in params_line
+    assert "0.0300" in text
