@@ -34,8 +34,9 @@ from distill.optim import build_optimizer, build_scheduler
 from distill.recipe import (Recipe, RoleConfig, apply_overrides, dump_recipe, load_recipe,
                             validate_recipe)
 from distill.report import comparison_table, plot_confusion_matrix, plot_learning_curves
-from distill.teacher import SUMMARY, WEIGHTS, FrozenTeacher, file_sha256, load_teacher, read_summary
-from distill.tracking import (MetricsLog, Tracker, create_run_dir, environment, now_iso,
+from distill.teacher import (SUMMARY, WEIGHTS, FrozenTeacher, file_sha256, load_teacher,
+                             read_summary, teacher_location)
+from distill.tracking import (METRICS, MetricsLog, Tracker, create_run_dir, environment, now_iso,
                               require_wandb, resolve_mode, write_json)
 
 RecipeLike = Recipe | str | Path | None
@@ -102,7 +103,7 @@ def _with_wandb(overrides: dict[str, Any] | None, mode: str | None) -> dict[str,
     return merged
 
 
-def _run_prefix(recipe: Recipe, role: str) -> str:
+def run_prefix(recipe: Recipe, role: str) -> str:
     if recipe.name:
         return f"{recipe.name}-{role}"
     dataset = recipe.data.name
@@ -142,14 +143,13 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
     model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
                         **cfg.model.build_options())
     if resume is None:
-        run_dir = create_run_dir(Path(recipe.output_dir), _run_prefix(recipe, role), name)
-        env = {**environment(str(device)), "wandb_id": uuid.uuid4().hex[:12]}
-        write_json(run_dir / "environment.json", env)
+        run_dir, env = new_run(recipe, Path(recipe.output_dir), run_prefix(recipe, role), name,
+                               str(device))
     else:
         run_dir = resume
         clean_stale(run_dir)
         env = json.loads((run_dir / "environment.json").read_text())
-    dump_recipe(recipe, run_dir / "recipe.yaml")
+        dump_recipe(recipe, run_dir / "recipe.yaml")  # changed only with --allow-changes
     console.print(f"{'resuming' if resume else 'run folder'}: {run_dir}", markup=False,
                   highlight=False, soft_wrap=True)
     if source is not None:
@@ -165,7 +165,7 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
     scheduler = build_scheduler(optimizer, cfg.optim, num_batches(len(data.train), cfg.batch_size),
                                 cfg.epochs)
     state = TrainState(model, optimizer, scheduler)
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    log = MetricsLog(run_dir / METRICS)
     resumes = []
     if checkpoint is not None:
         state.load_state_dict(checkpoint["state"], device)
@@ -209,6 +209,16 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
     return RunResult(run_dir, summary)
 
 
+def new_run(recipe: Recipe, parent: Path, prefix: str, name: str | None, device: str,
+            **environment_extra: Any) -> tuple[Path, dict[str, Any]]:
+    """A new run folder with its environment.json (and wandb run id) and resolved recipe."""
+    run_dir = create_run_dir(parent, prefix, name)
+    env = {**environment(device), "wandb_id": uuid.uuid4().hex[:12], **environment_extra}
+    write_json(run_dir / "environment.json", env)
+    dump_recipe(recipe, run_dir / "recipe.yaml")
+    return run_dir, env
+
+
 def _student_teacher(recipe: Recipe, data: DataBundle):
     """The student's frozen teacher and where it came from.
 
@@ -216,17 +226,17 @@ def _student_teacher(recipe: Recipe, data: DataBundle):
     trains without one (and reports no teacher figures).
     """
     cfg = recipe.student
-    try:
-        return load_teacher(cfg.teacher, cfg.teacher_model, data.info, Path(recipe.output_dir))
-    except DistillError:
-        if cfg.alpha == 0 and cfg.teacher is None:
-            return None, None
-        raise
+    location = teacher_location(cfg.teacher, data.info.name, Path(recipe.output_dir),
+                                required=cfg.alpha > 0)
+    if location is None:
+        return None, None
+    return load_teacher(location, cfg.teacher_model, data.info, Path(recipe.output_dir))
 
 
 def _finish(role: str, recipe: Recipe, run_dir: Path, state: TrainState, data: DataBundle,
             teacher: FrozenTeacher | None, source, history: list[dict[str, Any]],
-            wall: float, tracker: Tracker, resumes: list[dict[str, Any]]) -> dict[str, Any]:
+            wall: float, tracker: Tracker, resumes: list[dict[str, Any]],
+            teacher_eval: TeacherEvaluation | None = None) -> dict[str, Any]:
     """Export weights, evaluate on test, plot, and write ``summary.json`` (written last)."""
     cfg: RoleConfig = recipe.teacher if role == "teacher" else recipe.student
     weights = run_dir / WEIGHTS
@@ -239,7 +249,9 @@ def _finish(role: str, recipe: Recipe, run_dir: Path, state: TrainState, data: D
         best = {"epoch": state.best_epoch, "val_accuracy": state.best_val_accuracy,
                 "weights": "best.safetensors"}
     baseline = read_baseline(recipe.student.baseline) if role == "student" else None
-    evaluation = evaluate_model(state.model, data, teacher, baseline, run_dir)
+    if teacher is not None and teacher_eval is None:
+        teacher_eval = evaluate_teacher(teacher, data)
+    evaluation = evaluate_model(state.model, data, teacher_eval, baseline, run_dir)
     plot_learning_curves(history, run_dir / "learning_curves.png", title=run_dir.name)
     summary = {
         "role": role, "run": run_dir.name, "dataset": data.info.name,
@@ -276,7 +288,22 @@ def read_baseline(spec: str | None) -> dict[str, Any] | None:
     return summary
 
 
-def evaluate_model(model: torch.nn.Module, data: DataBundle, teacher: FrozenTeacher | None,
+@dataclass
+class TeacherEvaluation:
+    """A teacher's test logits [N, K] and figures: computed once, shared by its students."""
+
+    logits: torch.Tensor
+    figures: dict[str, Any]  # {"test": metrics, "profile": cost}
+
+
+def evaluate_teacher(teacher: FrozenTeacher, data: DataBundle) -> TeacherEvaluation:
+    logits = predict(teacher, data.test, data.info)
+    return TeacherEvaluation(logits, {
+        "test": classification_metrics(logits, data.test.labels.cpu()),
+        "profile": profile_model(teacher.model, data.info.in_shape, data.train.images.device)})
+
+
+def evaluate_model(model: torch.nn.Module, data: DataBundle, teacher: TeacherEvaluation | None,
                    baseline: dict[str, Any] | None, out_dir: Path | None) -> dict[str, Any]:
     """Test metrics, confusion matrix, cost; for a student the teacher's figures too."""
     labels = data.test.labels.cpu()
@@ -288,17 +315,13 @@ def evaluate_model(model: torch.nn.Module, data: DataBundle, teacher: FrozenTeac
         plot_confusion_matrix(cm, data.info.class_names, out_dir / "confusion_matrix.png",
                               title=f"{out_dir.name}: test")
     if teacher is not None:
-        t_logits = predict(teacher, data.test, data.info)
-        t_test = classification_metrics(t_logits, labels)
-        result["teacher"] = {"test": t_test,
-                             "profile": profile_model(teacher.model, data.info.in_shape,
-                                                      data.train.images.device)}
-        result["agreement_with_teacher"] = agreement(logits, t_logits)
+        result["teacher"] = dict(teacher.figures)
+        result["agreement_with_teacher"] = agreement(logits, teacher.logits)
         if baseline is not None:
             base_acc = baseline["test"]["accuracy"]
             result["baseline"] = {"run": baseline.get("run"), "test_accuracy": base_acc}
-            result["gap_closed"] = gap_closed(result["test"]["accuracy"], t_test["accuracy"],
-                                              base_acc)
+            result["gap_closed"] = gap_closed(result["test"]["accuracy"],
+                                              teacher.figures["test"]["accuracy"], base_acc)
     return result
 
 
@@ -355,15 +378,17 @@ def evaluate(run: str | Path, baseline: str | Path | None = None, data_dir: str 
     teacher = None
     if summary["role"] == "student" and "teacher" in summary:
         info = summary["teacher"]
-        teacher, _ = load_teacher(info["location"], info["model"]["name"], data.info, run.parent)
-        if info.get("sha256") and file_sha256(_teacher_weights(info)) != info["sha256"]:
+        teacher, source = load_teacher(info["location"], info["model"]["name"], data.info,
+                                       run.parent)
+        if info.get("sha256") and source.sha256 != info["sha256"]:
             raise DistillError(f"teacher {info['location']} changed since {run} was trained "
                                f"(sha256 differs)")
         teacher.to(dev)
     data = data.to(dev)
     model.to(dev)
     base = read_baseline(str(baseline)) if baseline else None
-    result = evaluate_model(model, data, teacher, base, run if plots else None)
+    teacher_eval = evaluate_teacher(teacher, data) if teacher is not None else None
+    result = evaluate_model(model, data, teacher_eval, base, run if plots else None)
     result["run"] = summary["run"]
     result["role"] = summary["role"]
     result["dataset"] = summary["dataset"]
@@ -371,135 +396,11 @@ def evaluate(run: str | Path, baseline: str | Path | None = None, data_dir: str 
     return result
 
 
-def _teacher_weights(info: dict[str, Any]) -> Path:
-    location = Path(info["location"])
-    return location / WEIGHTS if location.is_dir() else location
+def sweep(recipe: RecipeLike = None, overrides: dict[str, Any] | None = None, **kwargs: Any):
+    """Train a T x alpha x seed grid of students: see :func:`distill.sweep.run_sweep`."""
+    from distill.sweep import run_sweep
 
-
-def eval_table(result: dict[str, Any]):
-    """The table `distill eval` prints."""
-    return summary_table({**result, "profile": result["profile"]})
-
-
-@dataclass
-class SweepResult:
-    """A sweep's folder and its results rows (also in ``sweep_dir/results.csv``)."""
-
-    sweep_dir: Path
-    rows: list[dict[str, Any]]
-
-
-def sweep(recipe: RecipeLike = None, overrides: dict[str, Any] | None = None, *,
-          Ts: list[float], alphas: list[float], seeds: list[int], mode: str = "auto",
-          name: str | None = None, quiet: bool = False, wandb: str | None = None,
-          chunk_size: int | None = None) -> SweepResult:
-    """Train one student per (T, alpha, seed) cell from one teacher; see ``distill/sweep.py``.
-
-    ``mode``: ``batched`` trains the cells of a chunk together (one teacher forward and one
-    vmapped student forward/backward per batch), ``sequential`` one after another, ``auto``
-    batched where the model allows it. Re-running with the same ``name`` continues.
-    """
-    from distill import sweep as sw
-    from distill.batched import batching_problem, train_batched
-
-    base = as_recipe(recipe, _with_wandb(overrides, wandb))
-    cells = sw.grid(Ts, alphas, seeds)
-    console = Console(stderr=True, quiet=quiet)
-    require_wandb(resolve_mode(base.wandb.mode))
-    teacher_location, teacher_acc = _sweep_teacher(base, max(alphas) > 0)
-    out = Path(base.output_dir)
-    sweep_name = name or f"sweep-{_run_prefix(base, 'student').removeprefix('student-')}-" \
-                         f"{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_dir = out / sweep_name
-    if mode not in ("auto", "batched", "sequential"):
-        raise DistillError(f"--mode '{mode}': use auto, batched or sequential")
-    problem = batching_problem(base) if mode != "sequential" else None
-    if problem and mode == "batched":
-        raise DistillError(f"--mode batched: {problem}; use --mode sequential")
-    chosen = "sequential" if mode == "sequential" or problem else "batched"
-    if problem:
-        console.print(f"sweep: sequential mode, because {problem}", markup=False)
-    info = sw.sweep_info(base, cells, teacher_location or "", chosen)
-    if base.student.baseline:
-        info["baseline_test_accuracy"] = read_baseline(base.student.baseline)["test"]["accuracy"]
-    info["teacher_test_accuracy"] = teacher_acc
-    sw.check_same_sweep(sweep_dir, info)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_json(sweep_dir / sw.SWEEP_FILE, info)
-    dump_recipe(base, sweep_dir / "recipe.yaml")
-    console.print(f"sweep folder: {sweep_dir} ({len(cells)} students, {chosen})", markup=False)
-
-    common = {"output_dir": str(sweep_dir), "wandb.group": sweep_name}
-    if teacher_location:
-        common["student.teacher"] = teacher_location
-    from distill.checkpoint import load_checkpoint
-
-    in_chunks = {n for f in sweep_dir.glob("chunk-*.pt") for n in load_checkpoint(f)["cells"]}
-    todo = []
-    for cell in cells:
-        run = sweep_dir / cell.name
-        if (run / SUMMARY).is_file():
-            console.print(f"  {cell.name}: finished, kept", markup=False)
-            continue
-        if cell.name in in_chunks:  # an interrupted batched chunk continues
-            todo.append(cell)
-            continue
-        if run.exists() and not (run / "checkpoint-last.pt").is_file():
-            import shutil
-
-            shutil.rmtree(run)  # started but nothing to resume from: train it again
-        todo.append(cell)
-    if chosen == "batched":  # cells interrupted with a checkpoint resume one by one
-        resumable = [c for c in todo if (sweep_dir / c.name).exists() and c.name not in in_chunks]
-        fresh = [c for c in todo if c not in resumable]
-        todo = resumable + train_batched(base, common, fresh, sweep_dir, chunk_size, console)
-    for i, cell in enumerate(todo, 1):
-        run = sweep_dir / cell.name
-        start = time.perf_counter()
-        if run.exists():
-            student(resume=run, quiet=True, wandb=base.wandb.mode)
-        else:
-            student(base, {**common, **cell.overrides()}, name=cell.name, quiet=True)
-        row = sw.cell_result(run)
-        console.print(f"  [{i}/{len(todo)}] {cell.name}: val "
-                      f"{100 * (row['val_accuracy'] or 0):.2f}%  test "
-                      f"{100 * row['test_accuracy']:.2f}%  "
-                      f"({time.perf_counter() - start:.1f} s)", markup=False)
-        sw.write_results(sweep_dir, cells)
-    rows = sw.write_results(sweep_dir, cells)
-    sw.plot_heatmap(rows, sweep_dir / sw.HEATMAP, title=f"{sweep_name}: validation accuracy")
-    Console(quiet=quiet).print(sw.sweep_table(sweep_dir, rows))
-    _log_sweep(base, sweep_dir, rows)
-    return SweepResult(sweep_dir, rows)
-
-
-def _sweep_teacher(recipe: Recipe, needed: bool) -> tuple[str | None, float | None]:
-    """The one teacher location all cells use, and its test accuracy when known."""
-    from distill.teacher import newest_teacher_run
-
-    location = recipe.student.teacher
-    if location is None:
-        run = newest_teacher_run(Path(recipe.output_dir), recipe.data.name)
-        location = str(run) if run is not None else None
-    if location is None and needed:
-        raise DistillError(f"no finished teacher run for dataset '{recipe.data.name}' in "
-                           f"{recipe.output_dir}/; run `distill teach` first, or pass --teacher")
-    summary = read_summary(Path(location)) if location and Path(location).is_dir() else None
-    return location, (summary["test"]["accuracy"] if summary else None)
-
-
-def _log_sweep(recipe: Recipe, sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """The sweep's table (and heatmap) as a wandb run of its own, when tracking is on."""
-    from distill.sweep import COLUMNS, HEATMAP
-
-    tracker = Tracker(recipe.wandb.model_copy(update={"group": sweep_dir.name}), sweep_dir,
-                      "sweep", {"sweep": sweep_dir.name}, None)
-    if tracker.run is None:
-        return
-    table = tracker._wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])
-    tracker.run.log({"results": table})
-    tracker.log_image("heatmap", sweep_dir / HEATMAP)
-    tracker.finish()
+    return run_sweep(recipe, overrides, **kwargs)
 
 
 @dataclass
@@ -515,15 +416,13 @@ class CellRun:
 def start_cell(recipe: Recipe, sweep_dir: Path, name: str, device: str,
                teacher: FrozenTeacher | None, source: Any) -> CellRun:
     """Create a cell's run folder exactly as a `distill student` run would."""
-    run_dir = create_run_dir(sweep_dir, "student", name)
-    write_json(run_dir / "environment.json",
-               {**environment(device), "wandb_id": uuid.uuid4().hex[:12], "batched": True})
-    dump_recipe(recipe, run_dir / "recipe.yaml")
-    return CellRun(run_dir, MetricsLog(run_dir / "metrics.jsonl"), teacher, source)
+    run_dir, _ = new_run(recipe, sweep_dir, "student", name, device, batched=True)
+    return CellRun(run_dir, MetricsLog(run_dir / METRICS), teacher, source)
 
 
 def finish_cell(recipe: Recipe, run: CellRun, model: torch.nn.Module, data: DataBundle,
-                best: dict[str, Any], wall: float) -> dict[str, Any]:
+                best: dict[str, Any], wall: float,
+                teacher_eval: TeacherEvaluation | None = None) -> dict[str, Any]:
     """Export, evaluate and summarise a batched cell exactly as a single student run."""
     from types import SimpleNamespace
 
@@ -538,7 +437,7 @@ def finish_cell(recipe: Recipe, run: CellRun, model: torch.nn.Module, data: Data
         for record in history:
             tracker.log(record, step=record["epoch"])
         summary = _finish("student", recipe, run.run_dir, state, data, run.teacher, run.source,
-                          history, wall, tracker, [])
+                          history, wall, tracker, [], teacher_eval)
     except BaseException:
         tracker.finish(exit_code=1)
         raise

@@ -241,7 +241,8 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
                  sweep_dir: Path, data: DataBundle, teacher, source, console) -> None:
     """Train one chunk batched, checkpointing it at each epoch end; resume it if it was
     interrupted. The chunk checkpoint is removed once every cell is finished."""
-    from distill.api import CellRun, as_recipe, finish_cell, seed_everything, start_cell
+    from distill.api import (CellRun, as_recipe, evaluate_teacher, finish_cell, seed_everything,
+                             start_cell)
     from distill.tracking import MetricsLog
 
     device = data.train.images.device
@@ -299,8 +300,9 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     fit_stacked(students, optimizer, scheduler, data, teacher, recipes, on_epoch,
                 start_epoch=saved["epoch"] if saved else 0, on_epoch_end=on_epoch_end)
     wall = time.perf_counter() - start
+    teacher_eval = evaluate_teacher(teacher, data) if teacher is not None else None
     for i, (r, run) in enumerate(zip(recipes, runs)):
         models[i].load_state_dict(students.state_dict(i))
-        finish_cell(r, run, models[i], data, best[i], wall / len(chunk))
+        finish_cell(r, run, models[i], data, best[i], wall / len(chunk), teacher_eval)
     path.unlink(missing_ok=True)
     console.print(f"  chunk done in {wall:.1f} s", markup=False)

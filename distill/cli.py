@@ -272,13 +272,13 @@ def eval_(run: Path = typer.Argument(..., help="A finished run folder (outputs/<
     """
     import json
 
-    from distill.api import eval_table, evaluate
+    from distill.api import evaluate, summary_table
 
     result = evaluate(run, baseline, data_dir, device)
     if json_out:
         print(json.dumps(result, indent=2, default=str))
     else:
-        Console().print(eval_table(result))
+        Console().print(summary_table(result))
 
 
 @app.command()

@@ -93,7 +93,6 @@ def expected_calibration_error(probs: Tensor, targets: Tensor, n_bins: int = 15)
     conf, preds = probs.max(dim=1)  # [N], [N]
     correct = (preds == targets.to(preds.device)).double()  # [N]
     bins = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)  # [N]
-    counts = torch.bincount(bins, minlength=n_bins).double()  # [n_bins]
     conf_sum = torch.bincount(bins, weights=conf, minlength=n_bins)  # [n_bins]
     correct_sum = torch.bincount(bins, weights=correct, minlength=n_bins)  # [n_bins]
     # sum_b |acc_b - conf_b| * n_b / N == sum_b |correct_sum_b - conf_sum_b| / N

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -25,8 +26,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from distill.checkpoint import LAST, load_checkpoint
 from distill.errors import DistillError, RecipeError
-from distill.recipe import Recipe
+from distill.recipe import Recipe, dump_recipe
+from distill.teacher import read_summary, teacher_location
+from distill.tracking import require_wandb, resolve_mode, write_json
 
 RESULTS = "results.csv"
 SWEEP_FILE = "sweep.json"
@@ -264,3 +268,116 @@ def check_same_sweep(sweep_dir: Path, info: dict[str, Any]) -> None:
             raise DistillError(f"{sweep_dir}: this sweep was started with another "
                                f"{'recipe' if key == 'recipe_fingerprint' else 'teacher'} "
                                f"({old.get(key)}); use another --name for a new sweep")
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+@dataclass
+class SweepResult:
+    """A sweep's folder and its results rows (also in ``sweep_dir/results.csv``)."""
+
+    sweep_dir: Path
+    rows: list[dict[str, Any]]
+
+
+def run_sweep(recipe: Recipe | str | Path | None = None,
+              overrides: dict[str, Any] | None = None, *, Ts: list[float],
+              alphas: list[float], seeds: list[int], mode: str = "auto",
+              name: str | None = None, quiet: bool = False, wandb: str | None = None,
+              chunk_size: int | None = None) -> SweepResult:
+    """Train one student per (T, alpha, seed) cell from one teacher (see the module doc).
+
+    ``mode``: ``batched`` trains the cells of a chunk together (one teacher forward and one
+    vmapped student forward/backward per batch), ``sequential`` one after another, ``auto``
+    batched where the model allows it. Re-running with the same ``name`` continues.
+    """
+    from distill.api import _with_wandb, as_recipe, read_baseline, run_prefix, student
+    from distill.batched import batching_problem, train_batched
+
+    base = as_recipe(recipe, _with_wandb(overrides, wandb))
+    cells = grid(Ts, alphas, seeds)
+    console = Console(stderr=True, quiet=quiet)
+    require_wandb(resolve_mode(base.wandb.mode))
+    teacher_dir, teacher_acc = _sweep_teacher(base, max(alphas) > 0)
+    out = Path(base.output_dir)
+    dataset = run_prefix(base, "student").removeprefix("student-")
+    sweep_name = name or f"sweep-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_dir = out / sweep_name
+    if mode not in ("auto", "batched", "sequential"):
+        raise DistillError(f"--mode '{mode}': use auto, batched or sequential")
+    problem = batching_problem(base) if mode != "sequential" else None
+    if problem and mode == "batched":
+        raise DistillError(f"--mode batched: {problem}; use --mode sequential")
+    chosen = "sequential" if mode == "sequential" or problem else "batched"
+    if problem:
+        console.print(f"sweep: sequential mode, because {problem}", markup=False)
+    info = sweep_info(base, cells, teacher_dir or "", chosen)
+    if base.student.baseline:
+        info["baseline_test_accuracy"] = read_baseline(base.student.baseline)["test"]["accuracy"]
+    info["teacher_test_accuracy"] = teacher_acc
+    check_same_sweep(sweep_dir, info)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_json(sweep_dir / SWEEP_FILE, info)
+    dump_recipe(base, sweep_dir / "recipe.yaml")
+    console.print(f"sweep folder: {sweep_dir} ({len(cells)} students, {chosen})", markup=False)
+
+    common = {"output_dir": str(sweep_dir), "wandb.group": sweep_name}
+    if teacher_dir:
+        common["student.teacher"] = teacher_dir
+    in_chunks = {n for f in sweep_dir.glob("chunk-*.pt") for n in load_checkpoint(f)["cells"]}
+    todo = []
+    for cell in cells:
+        run = sweep_dir / cell.name
+        if (run / "summary.json").is_file():
+            console.print(f"  {cell.name}: finished, kept", markup=False)
+            continue
+        if cell.name in in_chunks:  # an interrupted batched chunk continues
+            todo.append(cell)
+            continue
+        if run.exists() and not (run / LAST).is_file():
+            shutil.rmtree(run)  # started but nothing to resume from: train it again
+        todo.append(cell)
+    if chosen == "batched":  # cells interrupted with a checkpoint resume one by one
+        resumable = [c for c in todo if (sweep_dir / c.name).exists() and c.name not in in_chunks]
+        fresh = [c for c in todo if c not in resumable]
+        todo = resumable + train_batched(base, common, fresh, sweep_dir, chunk_size, console)
+    for i, cell in enumerate(todo, 1):
+        run = sweep_dir / cell.name
+        start = time.perf_counter()
+        if run.exists():
+            student(resume=run, quiet=True, wandb=base.wandb.mode)
+        else:
+            student(base, {**common, **cell.overrides()}, name=cell.name, quiet=True)
+        row = cell_result(run)
+        console.print(f"  [{i}/{len(todo)}] {cell.name}: val "
+                      f"{100 * (row['val_accuracy'] or 0):.2f}%  test "
+                      f"{100 * row['test_accuracy']:.2f}%  "
+                      f"({time.perf_counter() - start:.1f} s)", markup=False)
+        write_results(sweep_dir, cells)
+    rows = write_results(sweep_dir, cells)
+    plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{sweep_name}: validation accuracy")
+    Console(quiet=quiet).print(sweep_table(sweep_dir, rows))
+    _log_sweep(base, sweep_dir, rows)
+    return SweepResult(sweep_dir, rows)
+
+
+def _sweep_teacher(recipe: Recipe, needed: bool) -> tuple[str | None, float | None]:
+    """The one teacher location all cells use, and its test accuracy when known."""
+    location = teacher_location(recipe.student.teacher, recipe.data.name,
+                                Path(recipe.output_dir), required=needed)
+    summary = read_summary(Path(location)) if location and Path(location).is_dir() else None
+    return location, (summary["test"]["accuracy"] if summary else None)
+
+
+def _log_sweep(recipe: Recipe, sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """The sweep's table (and heatmap) as a wandb run of its own, when tracking is on."""
+    from distill.tracking import Tracker
+
+    tracker = Tracker(recipe.wandb.model_copy(update={"group": sweep_dir.name}), sweep_dir,
+                      "sweep", {"sweep": sweep_dir.name}, None)
+    if tracker.run is None:
+        return
+    table = tracker._wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])
+    tracker.run.log({"results": table})
+    tracker.log_image("heatmap", sweep_dir / HEATMAP)
+    tracker.finish()

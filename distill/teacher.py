@@ -92,6 +92,22 @@ def newest_teacher_run(output_dir: Path, dataset: str) -> Path | None:
     return max(runs)[2] if runs else None
 
 
+def teacher_location(spec: str | None, dataset: str, output_dir: Path,
+                     required: bool = True) -> str | None:
+    """``--teacher`` as given, else the newest finished teacher run for ``dataset``.
+
+    With no such run: an error, or None when the teacher is not ``required`` (a baseline).
+    """
+    if spec is not None:
+        return spec
+    run = newest_teacher_run(output_dir, dataset)
+    if run is None and required:
+        raise DistillError(f"no finished teacher run for dataset '{dataset}' in "
+                           f"{output_dir}/; run `distill teach` first, or pass --teacher "
+                           f"<run folder | weights file | timm:<name>>")
+    return str(run) if run is not None else None
+
+
 def load_teacher(spec: str | None, teacher_model: str | None, info: DataInfo,
                  output_dir: Path) -> tuple[FrozenTeacher, TeacherSource]:
     """Resolve ``--teacher`` into a frozen teacher for a dataset described by ``info``.
@@ -100,13 +116,7 @@ def load_teacher(spec: str | None, teacher_model: str | None, info: DataInfo,
     weights file (``.safetensors`` or a state dict, with ``teacher_model``), or
     ``timm:<name>`` (timm's pretrained weights, which must be available offline).
     """
-    if spec is None:
-        run = newest_teacher_run(output_dir, info.name)
-        if run is None:
-            raise DistillError(f"no finished teacher run for dataset '{info.name}' in "
-                               f"{output_dir}/; run `distill teach` first, or pass --teacher "
-                               f"<run folder | weights file | timm:<name>>")
-        spec = str(run)
+    spec = teacher_location(spec, info.name, output_dir)
     if spec.startswith("timm:"):
         model, source = _from_timm(spec, info)
     elif Path(spec).is_dir():

@@ -13,7 +13,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -214,6 +213,3 @@ class Tracker:
 def now_iso() -> str:
     return datetime.now().isoformat(timespec="seconds")
 
-
-def elapsed(start: float) -> float:
-    return round(time.perf_counter() - start, 3)
