@@ -36,6 +36,7 @@ from distill.recipe import (Recipe, RoleConfig, apply_overrides, dump_recipe, lo
 from distill.report import comparison_table, plot_confusion_matrix, plot_learning_curves
 from distill.teacher import (SUMMARY, WEIGHTS, FrozenTeacher, file_sha256, load_teacher,
                              read_summary, teacher_location)
+from distill.teacher_cache import teacher_logits
 from distill.tracking import (METRICS, MetricsLog, Tracker, create_run_dir, environment, now_iso,
                               require_wandb, resolve_mode, write_json)
 
@@ -159,8 +160,10 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
 
     data = data.to(device)
     model.to(device)
+    teacher_eval = None
     if teacher is not None:
         teacher.to(device)
+        teacher_eval = prepare_teacher(teacher, source, data, recipe, console)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, num_batches(len(data.train), cfg.batch_size),
                                 cfg.epochs)
@@ -200,7 +203,7 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
                 progress if progress.live.is_started else None,
                 on_checkpoint=saver, every_steps=recipe.checkpoint.every_steps)
         summary = _finish(role, recipe, run_dir, state, data, teacher, source, log.read(),
-                          time.perf_counter() - start, tracker, resumes)
+                          time.perf_counter() - start, tracker, resumes, teacher_eval)
     except BaseException:
         tracker.finish(exit_code=1)
         raise
@@ -231,6 +234,17 @@ def _student_teacher(recipe: Recipe, data: DataBundle):
     if location is None:
         return None, None
     return load_teacher(location, cfg.teacher_model, data.info, Path(recipe.output_dir))
+
+
+def prepare_teacher(teacher: FrozenTeacher, source, data: DataBundle, recipe: Recipe,
+                    console: Console | None) -> TeacherEvaluation | None:
+    """Attach the teacher's cached training logits (computed once if missing) and return its
+    test evaluation from the same cache; None when the recipe turns the cache off."""
+    if not recipe.student.teacher_cache:
+        return None
+    cached = teacher_logits(teacher, source, data, Path(recipe.output_dir), console=console)
+    teacher.use_cached(cached.train.to(data.train.images.device))
+    return TeacherEvaluation(cached.test, cached.figures)
 
 
 def _finish(role: str, recipe: Recipe, run_dir: Path, state: TrainState, data: DataBundle,
@@ -387,7 +401,10 @@ def evaluate(run: str | Path, baseline: str | Path | None = None, data_dir: str 
     data = data.to(dev)
     model.to(dev)
     base = read_baseline(str(baseline)) if baseline else None
-    teacher_eval = evaluate_teacher(teacher, data) if teacher is not None else None
+    teacher_eval = None
+    if teacher is not None:
+        cached = teacher_logits(teacher, source, data, run.parent)
+        teacher_eval = TeacherEvaluation(cached.test, cached.figures)
     result = evaluate_model(model, data, teacher_eval, base, run if plots else None)
     result["run"] = summary["run"]
     result["role"] = summary["role"]

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from distill.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
-from distill.data import DataBundle, eval_batches, load_data, num_batches, train_batches
+from distill.data import DataBundle, eval_batches, indexed_train_batches, load_data, num_batches
 from distill.engine import resolve_device
 from distill.models import build_model
 from distill.optim import build_optimizer, build_scheduler, weight_decay_groups
@@ -141,9 +141,9 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
         start = time.perf_counter()
         sums = {k: torch.zeros(students.size, device=device) for k in ("loss", "soft", "hard")}
         seen = 0
-        for x, y in train_batches(data.train, data.info, cfg.batch_size,
-                                  recipes[0].data.data_seed, epoch):
-            t_logits = teacher(x) if use_teacher else None
+        for x, y, idx in indexed_train_batches(data.train, data.info, cfg.batch_size,
+                                               recipes[0].data.data_seed, epoch):
+            t_logits = teacher.batch_logits(x, idx) if use_teacher else None
             parts = per_student_loss(students(x), t_logits, y, T, alpha, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].sum().backward()
@@ -212,6 +212,11 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
         teacher, source = load_teacher(common["student.teacher"], base.student.teacher_model,
                                   data.info, Path(base.output_dir))
         teacher.to(device)
+    teacher_eval = None
+    if teacher is not None:
+        from distill.api import prepare_teacher
+
+        teacher_eval = prepare_teacher(teacher, source, data, base, console)
     probe = build_model(base.student.model.name, data.info.in_shape, data.info.num_classes,
                         **base.student.model.build_options())
     problem = model_problem(probe)
@@ -228,7 +233,8 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
     rest = list(by_name.values())
     chunks += [rest[i:i + size] for i in range(0, len(rest), size)]
     for number, chunk in enumerate(chunks, 1):
-        _train_chunk(base, common, chunk, number, sweep_dir, data, teacher, source, console)
+        _train_chunk(base, common, chunk, number, sweep_dir, data, teacher, source, console,
+                     teacher_eval)
     return []
 
 
@@ -238,7 +244,8 @@ def chunk_path(sweep_dir: Path, names: list[str]) -> Path:
 
 
 def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
-                 sweep_dir: Path, data: DataBundle, teacher, source, console) -> None:
+                 sweep_dir: Path, data: DataBundle, teacher, source, console,
+                 teacher_eval=None) -> None:
     """Train one chunk batched, checkpointing it at each epoch end; resume it if it was
     interrupted. The chunk checkpoint is removed once every cell is finished."""
     from distill.api import (CellRun, as_recipe, evaluate_teacher, finish_cell, seed_everything,
@@ -300,7 +307,8 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     fit_stacked(students, optimizer, scheduler, data, teacher, recipes, on_epoch,
                 start_epoch=saved["epoch"] if saved else 0, on_epoch_end=on_epoch_end)
     wall = time.perf_counter() - start
-    teacher_eval = evaluate_teacher(teacher, data) if teacher is not None else None
+    if teacher is not None and teacher_eval is None:
+        teacher_eval = evaluate_teacher(teacher, data)
     for i, (r, run) in enumerate(zip(recipes, runs)):
         models[i].load_state_dict(students.state_dict(i))
         finish_cell(r, run, models[i], data, best[i], wall / len(chunk), teacher_eval)

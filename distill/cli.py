@@ -185,14 +185,18 @@ def student(recipe: Optional[str] = RecipeOpt,
 @app.command()
 @user_errors
 def sweep(recipe: Optional[str] = RecipeOpt,
-          T: str = typer.Option("1,2,4,8,16", "--T", help="Temperatures, comma-separated."),
-          alpha: str = typer.Option("0.1,0.3,0.5,0.7,0.9", "--alpha",
-                                    help="Soft-term weights in [0, 1], comma-separated."),
-          seeds: str = typer.Option("0", "--seeds", help="Seeds, comma-separated (each cell "
-                                    "is trained once per seed)."),
-          mode: str = typer.Option("auto", "--mode", help="batched (students of a chunk "
-                                   "trained together, one teacher forward per batch), "
-                                   "sequential, or auto (batched where the model allows)."),
+          T: Optional[str] = typer.Option(None, "--T", help="Temperatures, comma-separated "
+                                          "[default: the recipe's sweep.T, 1,2,4,8,16]."),
+          alpha: Optional[str] = typer.Option(None, "--alpha", help="Soft-term weights in "
+                                              "[0, 1], comma-separated [default: the "
+                                              "recipe's sweep.alpha, 0.1,0.3,0.5,0.7,0.9]."),
+          seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, comma-separated, "
+                                              "each cell trained once per seed [default: the "
+                                              "recipe's sweep.seeds, 0]."),
+          mode: Optional[str] = typer.Option(None, "--mode", help="batched (students of a "
+                                             "chunk trained together, one teacher forward per "
+                                             "batch), sequential, or auto (batched where the "
+                                             "model allows) [default: sweep.mode, auto]."),
           chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Students per "
                                                    "batched chunk (default: as many as fit)."),
           teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher run folder "
@@ -226,12 +230,18 @@ def sweep(recipe: Optional[str] = RecipeOpt,
             raise DistillError(f"--resume {resume}: not a sweep folder (no {sw.SWEEP_FILE})")
         name, output_dir = resume.name, str(resume.parent)
         recipe = recipe or str(resume / "recipe.yaml")
-    Ts, alphas = sw.parse_values(T, "T"), sw.parse_values(alpha, "alpha")
-    seed_list = sw.parse_values(seeds, "seeds", int)
+    Ts = sw.parse_values(T, "T") if T is not None else None
+    alphas = sw.parse_values(alpha, "alpha") if alpha is not None else None
+    seed_list = sw.parse_values(seeds, "seeds", int) if seeds is not None else None
     overrides = _overrides("student", set_, teacher=teacher, baseline=baseline,
                            dataset=dataset, data_dir=data_dir, epochs=epochs, device=device,
                            output_dir=output_dir, wandb=wandb)
     if wandb_sweep is not None:
+        from distill.recipe import load_recipe
+
+        grid_from = load_recipe(recipe, overrides).sweep
+        Ts, alphas = Ts or grid_from.T, alphas or grid_from.alpha
+        seed_list = seed_list if seed_list is not None else grid_from.seeds
         extra = [f"--set={k}={v}" for k, v in overrides.items()]
         sw.grid(Ts, alphas, seed_list)  # validate the values
         sw.write_wandb_sweep(wandb_sweep, sw.wandb_sweep_config(recipe, Ts, alphas, seed_list,

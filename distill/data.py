@@ -115,13 +115,24 @@ def train_batches(split: Split, info: DataInfo, batch_size: int, data_seed: int,
     ``start`` skips the first batches (for resuming mid-epoch); ``augment`` acts on uint8
     batches on the device.
     """
+    for x, y, _ in indexed_train_batches(split, info, batch_size, data_seed, epoch, start,
+                                         augment):
+        yield x, y
+
+
+def indexed_train_batches(split: Split, info: DataInfo, batch_size: int, data_seed: int,
+                          epoch: int, start: int = 0,
+                          augment: Callable[[Tensor], Tensor] | None = None
+                          ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """:func:`train_batches` plus each batch's indices into the split (``idx`` int64 [B]),
+    for per-sample lookups such as cached teacher logits."""
     order = epoch_order(len(split), data_seed, epoch, split.images.device)
     for b in range(start, num_batches(len(split), batch_size)):
         idx = order[b * batch_size:(b + 1) * batch_size]
         images = split.images[idx]
         if augment is not None:
             images = augment(images)
-        yield normalize(images, info), split.labels[idx]
+        yield normalize(images, info), split.labels[idx], idx
 
 
 def eval_batches(split: Split, info: DataInfo, batch_size: int = 1000

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.data import DataBundle, DataInfo, Split, eval_batches, num_batches, train_batches
+from distill.data import (DataBundle, DataInfo, Split, eval_batches, indexed_train_batches,
+                          num_batches)
 from distill.errors import DistillError
 from distill.losses import distillation_loss
 from distill.teacher import FrozenTeacher
@@ -127,10 +128,16 @@ def _non_finite(parts: dict[str, Tensor], epoch: int, step: int) -> DistillError
 
 
 def train_step(state: TrainState, x: Tensor, y: Tensor, cfg: LoopConfig,
-               teacher: FrozenTeacher | None) -> dict[str, Tensor]:
-    """One optimizer step on a batch; returns the detached loss parts (float32 scalars)."""
+               teacher: FrozenTeacher | None, idx: Tensor | None = None) -> dict[str, Tensor]:
+    """One optimizer step on a batch; returns the detached loss parts (float32 scalars).
+
+    ``idx`` [B]: the batch's training-set indices (for cached teacher logits).
+    """
     logits = state.model(x)
-    teacher_logits = teacher(x) if teacher is not None and cfg.alpha > 0 else None
+    teacher_logits = None
+    if teacher is not None and cfg.alpha > 0:
+        cached = isinstance(teacher, FrozenTeacher) and idx is not None
+        teacher_logits = teacher.batch_logits(x, idx) if cached else teacher(x)
     parts = distillation_loss(logits, teacher_logits, y, cfg.T, cfg.alpha, cfg.label_smoothing)
     state.optimizer.zero_grad(set_to_none=True)
     parts["loss"].backward()
@@ -173,10 +180,10 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
         if progress is not None:
             progress.reset(task, total=steps_per_epoch, completed=first,
                            description=f"epoch {epoch + 1}/{cfg.epochs}")
-        batches = train_batches(data.train, data.info, cfg.batch_size, cfg.data_seed, epoch,
-                                start=first)
-        for i, (x, y) in enumerate(batches, start=first):
-            parts = train_step(state, x, y, cfg, teacher)
+        batches = indexed_train_batches(data.train, data.info, cfg.batch_size, cfg.data_seed,
+                                        epoch, start=first)
+        for i, (x, y, idx) in enumerate(batches, start=first):
+            parts = train_step(state, x, y, cfg, teacher, idx)
             for k in sums:
                 sums[k] += parts[k] * y.shape[0]
             state.seen += y.shape[0]

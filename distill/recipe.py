@@ -20,7 +20,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -82,6 +82,21 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)  # clip the global gradient norm
 
 
+class AugmentConfig(_Strict):
+    """Training-time augmentation, done on the device on whole uint8 batches
+    (``distill/augment.py``). Evaluation never augments. All off by default."""
+
+    jitter: int = Field(0, ge=0)  # random translation by up to N pixels (zero fill)
+    crop_padding: int = Field(0, ge=0)  # random crop after padding N pixels (reflect)
+    flip: bool = False  # random horizontal flip (not for digits!)
+    rotation: float = Field(0.0, ge=0, le=180)  # random rotation in [-deg, +deg]
+    color_jitter: float = Field(0.0, ge=0, lt=1)  # brightness/contrast/saturation in 1 +- x
+
+    def active(self) -> bool:
+        return bool(self.jitter or self.crop_padding or self.flip or self.rotation
+                    or self.color_jitter)
+
+
 class RoleConfig(_Strict):
     """What one training run (teacher or student) trains and for how long."""
 
@@ -90,6 +105,7 @@ class RoleConfig(_Strict):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # on the hard-label term only
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
 class StudentConfig(RoleConfig):
@@ -100,6 +116,19 @@ class StudentConfig(RoleConfig):
     teacher: str | None = None  # run folder, weights file or timm:<name>; default: newest run
     teacher_model: str | None = None  # model name when `teacher` is a bare weights file
     baseline: str | None = None  # a baseline student run, for the share of the gap closed
+    teacher_cache: bool = True  # reuse the teacher's stored logits (distill/teacher_cache.py)
+
+
+class SweepConfig(_Strict):
+    """The grid of `distill sweep` (its --T / --alpha / --seeds flags override these)."""
+
+    T: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0], min_length=1)
+    alpha: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    mode: Literal["auto", "batched", "sequential"] = "auto"
+    chunk_size: int | None = Field(None, ge=1)  # students per batched chunk; None: automatic
 
 
 class WandbConfig(_Strict):
@@ -138,15 +167,19 @@ class Recipe(_Strict):
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
     output_dir: str = "outputs"
     deterministic: bool = False  # torch's deterministic algorithms (bitwise repeatable on GPU)
+    amp: bool | None = None  # bf16 autocast (loss in float32); None: on where the GPU has bf16
+    channels_last: bool | None = None  # channels-last memory for conv nets; None: on GPU
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: RoleConfig = Field(default_factory=_default_teacher)
     student: StudentConfig = Field(default_factory=_default_student)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
-    def fingerprint(self) -> str:
-        """A short sha256 of the resolved recipe (stable key order)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+    def fingerprint(self, exclude: set[str] | None = None) -> str:
+        """A short sha256 of the resolved recipe (stable key order), without the top-level
+        sections in ``exclude``."""
+        text = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

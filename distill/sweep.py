@@ -252,7 +252,8 @@ def write_wandb_sweep(path: Path, config: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- running
 
 def sweep_info(recipe: Recipe, cells: list[Cell], teacher: str, mode: str) -> dict[str, Any]:
-    return {"teacher": teacher, "mode": mode, "recipe_fingerprint": recipe.fingerprint(),
+    return {"teacher": teacher, "mode": mode,
+            "recipe_fingerprint": recipe.fingerprint(exclude={"sweep"}),
             "Ts": sorted({c.T for c in cells}), "alphas": sorted({c.alpha for c in cells}),
             "seeds": sorted({c.seed for c in cells}), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -281,12 +282,13 @@ class SweepResult:
 
 
 def run_sweep(recipe: Recipe | str | Path | None = None,
-              overrides: dict[str, Any] | None = None, *, Ts: list[float],
-              alphas: list[float], seeds: list[int], mode: str = "auto",
-              name: str | None = None, quiet: bool = False, wandb: str | None = None,
-              chunk_size: int | None = None) -> SweepResult:
+              overrides: dict[str, Any] | None = None, *, Ts: list[float] | None = None,
+              alphas: list[float] | None = None, seeds: list[int] | None = None,
+              mode: str | None = None, name: str | None = None, quiet: bool = False,
+              wandb: str | None = None, chunk_size: int | None = None) -> SweepResult:
     """Train one student per (T, alpha, seed) cell from one teacher (see the module doc).
 
+    The grid, ``mode`` and ``chunk_size`` default to the recipe's ``sweep`` section.
     ``mode``: ``batched`` trains the cells of a chunk together (one teacher forward and one
     vmapped student forward/backward per batch), ``sequential`` one after another, ``auto``
     batched where the model allows it. Re-running with the same ``name`` continues.
@@ -295,6 +297,9 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     from distill.batched import batching_problem, train_batched
 
     base = as_recipe(recipe, _with_wandb(overrides, wandb))
+    Ts, alphas = Ts or base.sweep.T, alphas or base.sweep.alpha
+    seeds = seeds if seeds is not None else base.sweep.seeds
+    mode, chunk_size = mode or base.sweep.mode, chunk_size or base.sweep.chunk_size
     cells = grid(Ts, alphas, seeds)
     console = Console(stderr=True, quiet=quiet)
     require_wandb(resolve_mode(base.wandb.mode))

@@ -35,6 +35,7 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         self.model = model
         self.model.requires_grad_(False)
+        self.train_logits: Tensor | None = None  # [N_train, K] cached, on the device
         super().train(False)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":  # noqa: ARG002 - frozen on purpose
@@ -44,6 +45,17 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+    def use_cached(self, train_logits: Tensor | None) -> None:
+        """Serve training batches from cached logits ``[N_train, K]`` (already on the device)
+        instead of running the model; None runs it again."""
+        self.train_logits = train_logits
+
+    def batch_logits(self, x: Tensor, idx: Tensor) -> Tensor:
+        """Logits ``[B, K]`` of training batch ``x`` whose training-set indices are ``idx``."""
+        if self.train_logits is not None:
+            return self.train_logits[idx]
+        return self(x)
 
 
 @dataclass

@@ -275,14 +275,16 @@ def test_unknown_key_without_close_match(tmp_path: Path) -> None:
     path = write(tmp_path, "r.yaml", "student: {zzzqqq: 1}\n")
     assert recipe_error(path) == (
         f"{path}: unknown key 'student.zzzqqq' (allowed under 'student': model, optim, epochs, "
-        "batch_size, label_smoothing, T, alpha, teacher, teacher_model, baseline)")
+        "batch_size, label_smoothing, augment, T, alpha, teacher, teacher_model, baseline, "
+        "teacher_cache)")
 
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     path = write(tmp_path, "r.yaml", "bogus: 1\n")
     assert recipe_error(path) == (
         f"{path}: unknown key 'bogus' (allowed under 'top level': name, seed, device, "
-        "output_dir, deterministic, checkpoint, data, teacher, student, wandb)")
+        "output_dir, deterministic, amp, channels_last, checkpoint, data, teacher, student, "
+        "sweep, wandb)")
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])

@@ -185,22 +185,139 @@ def test_sweep_resume_flag_continues_the_folder(tmp_path, teacher) -> None:
     assert bad.stderr.strip() == f"error: --resume {tmp_path}: not a sweep folder (no sweep.json)"
 
 
+def agent_command(config: dict, values: dict) -> list[str]:
+    """The command `wandb agent` runs for one grid point, built with wandb's own helpers
+    (``wandb/wandb_agent.py``, ``Agent._command_run``): ``${envvar:X}`` macros filled by
+    ``create_sweep_command``, ``${args}`` from ``create_sweep_command_args``, ``${env}`` the
+    agent's ``/usr/bin/env``."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    macros["env"] = ["/usr/bin/env"]
+    command = []
+    for part in create_sweep_command(list(config["command"])):
+        part = str(part)
+        is_macro = part.startswith("${") and part.endswith("}")
+        command += (macros.get(part[2:-1]) or []) if is_macro else [part]
+    return command
+
+
 def test_a_wandb_agent_command_trains_one_cell(tmp_path, teacher) -> None:
-    """What `wandb agent` runs: the config's command with ${args} filled in for one cell."""
+    """What `wandb agent` runs for one grid point trains exactly that cell."""
+    import os
+    import subprocess
+    import sys
+
     path = tmp_path / "sweep.yaml"
-    result = runner.invoke(app, ["sweep", "--T", "2,4", "--alpha", "0.5", "--teacher",
-                                 str(teacher), "--epochs", "1", "--output-dir",
+    result = runner.invoke(app, ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0,1",
+                                 "--teacher", str(teacher), "--epochs", "1", "--output-dir",
                                  str(tmp_path / "out"), "--wandb-sweep", str(path)])
     assert result.exit_code == 0, result.output
-    command = yaml.safe_load(path.read_text())["command"]
-    assert command[:3] == ["${env}", "distill", "student"] and command[-1] == "${args}"
-    args = command[3:-1] + ["--T=4.0", "--alpha=0.5", "--seed=1", "--wandb=disabled", "-q"]
-    run = runner.invoke(app, ["student", *args])
-    assert run.exit_code == 0, run.output
+    config = yaml.safe_load(path.read_text())
+    assert config["method"] == "grid"
+    assert config["parameters"] == {"T": {"values": [2.0, 4.0]}, "alpha": {"values": [0.5]},
+                                    "seed": {"values": [0, 1]}}
+    point = {name: spec["values"][-1] for name, spec in config["parameters"].items()}
+    command = agent_command(config, point)
+    assert command[:3] == ["/usr/bin/env", "distill", "student"]
+    assert command[-3:] == ["--T=4.0", "--alpha=0.5", "--seed=1"]
+    env = {**os.environ, "WANDB_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
     (cell,) = (tmp_path / "out").iterdir()
     summary = json.loads((cell / "summary.json").read_text())
     assert summary["kd"] == {"T": 4.0, "alpha": 0.5} and summary["seed"] == 1
     assert summary["teacher"]["location"] == str(teacher) and summary["epochs"] == 1
+
+
+def test_the_grid_comes_from_the_recipe_unless_flags_say_otherwise(tmp_path, teacher) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sweep:\n  T: [3]\n  alpha: [0.25, 0.75]\n  seeds: [5]\n"
+                      "  mode: sequential\n")
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]
+    common = ["--teacher", str(teacher), "--epochs", "1", "--output-dir", str(tmp_path),
+              "--wandb", "disabled", "-q", *sets]
+    result = runner.invoke(app, ["sweep", "--recipe", str(recipe), "--name", "r", *common])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "r").glob("T*")) == ["T3-a0.25-s5", "T3-a0.75-s5"]
+    assert json.loads((tmp_path / "r" / "sweep.json").read_text())["mode"] == "sequential"
+    flags = runner.invoke(app, ["sweep", "--recipe", str(recipe), "--name", "f", "--alpha",
+                                "0.5", *common])
+    assert flags.exit_code == 0, flags.output
+    assert [p.name for p in (tmp_path / "f").glob("T*")] == ["T3-a0.5-s5"]
+    recipe.write_text("sweep:\n  T: [0]\n")
+    bad = runner.invoke(app, ["sweep", "--recipe", str(recipe), *common])
+    assert bad.exit_code == 2
+    assert bad.stderr.strip() == (f"error: {recipe}: sweep.T.0: Input should be greater than 0, "
+                                  "got 0")
+
+
+def test_a_sweep_killed_in_its_second_chunk_reruns_only_the_missing_cells(tmp_path, teacher
+                                                                          ) -> None:
+    """Chunks of one student: the first finishes (3 epoch checkpoints), the process is
+    SIGKILLed after the second chunk's first epoch; the re-run keeps the first cell's files
+    untouched and finishes only the second, equal to a sweep never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from distill.checkpoint import KILL_AFTER_SAVE_ENV
+
+    args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
+            "--mode", "batched", "--chunk-size", "1", "--wandb", "disabled", "-q",
+            "--output-dir", str(tmp_path)]
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]
+    whole = runner.invoke(app, [*args, *sets, "--name", "whole"])
+    assert whole.exit_code == 0, whole.output
+    killed = subprocess.run([sys.executable, "-m", "distill", *args, *sets, "--name", "killed"],
+                            capture_output=True, text=True,
+                            env={**os.environ, KILL_AFTER_SAVE_ENV: "4"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    sweep = tmp_path / "killed"
+    first, second = sweep / "T2-a0.5-s0", sweep / "T4-a0.5-s0"
+    assert (first / "summary.json").is_file() and not (second / "summary.json").exists()
+    kept = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
+    loud = [a for a in args if a != "-q"]  # the re-run says what it keeps and trains
+    again = subprocess.run([sys.executable, "-m", "distill", *loud, *sets, "--name", "killed"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "T2-a0.5-s0: finished, kept" in again.stderr
+    chunks = [line for line in again.stderr.splitlines() if "students batched" in line]
+    assert chunks == ["  chunk 1: 1 students batched (T4-a0.5-s0), resuming after epoch 1"]
+    assert {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == kept
+    for cell in ("T2-a0.5-s0", "T4-a0.5-s0"):
+        assert close(tmp_path / "whole" / cell, sweep / cell, atol=0.0)
+    rows = read_results(sweep)
+    assert [(r["T"], r["run"]) for r in rows] == [(2.0, "T2-a0.5-s0"), (4.0, "T4-a0.5-s0")]
+
+
+def test_the_sweep_table_goes_to_wandb(tmp_path, teacher, monkeypatch) -> None:
+    """In offline mode the sweep's own wandb run holds the results table, row for row."""
+    from test_tracking import _key, read_wandb_records
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = api.sweep(overrides={**STUDENT, "student.epochs": 1, "output_dir": str(tmp_path),
+                                  "student.teacher": str(teacher)},
+                       Ts=[2.0, 4.0], alphas=[0.5], seeds=[0], name="w", quiet=True,
+                       wandb="offline")
+    (run_file,) = (tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = read_wandb_records(run_file)
+    run = next(r for r in records if r.WhichOneof("record_type") == "run").run
+    assert run.job_type == "sweep" and run.run_group == "w"
+    logged = {_key(i): json.loads(i.value_json) for r in records
+              if r.WhichOneof("record_type") == "history" for i in r.history.item}
+    assert logged["results/_type"] == "table-file"
+    assert logged["results/nrows"] == 2 and logged["results/ncols"] == 8
+    (table_file,) = (tmp_path / "w" / "wandb").glob(
+        f"offline-run-*/files/{logged['results/path']}")
+    content = json.loads(table_file.read_text())
+    assert content["columns"] == ["T", "alpha", "seed", "val_accuracy", "best_val_accuracy",
+                                  "test_accuracy", "wall_seconds", "run"]
+    assert [row[-1] for row in content["data"]] == [r["run"] for r in result.rows]
+    assert [row[5] for row in content["data"]] == [r["test_accuracy"] for r in result.rows]
 
 
 def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher) -> None:

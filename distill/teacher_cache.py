@@ -1,0 +1,140 @@
+"""Teacher logits computed once and kept on disk, reused by every later student and sweep.
+
+A teacher's logits do not depend on T or alpha, and for un-augmented training data they do
+not depend on the epoch either: one forward pass over the training, validation and test
+splits serves every student distilled from that teacher on that data. They are stored raw
+(before any temperature) as float32 ``[N, K]`` per split, in the split's stored order, so a
+training batch of indices ``idx`` reads ``train[idx]``.
+
+Where: ``<teacher run>/teacher-logits/<key>.safetensors`` for a teacher run folder, and
+``<output_dir>/teacher-logits/`` for a bare weights file. The key hashes everything the
+logits depend on: the teacher's weights (sha256) and model spec, the dataset (name,
+description, and the bytes of every split's images and labels), the preprocessing
+(normalisation constants, input shape) and the precision of the forward pass. Change any of
+them and the key changes, so a stale file is never read. A teacher without a weights hash
+(``timm:<name>``) is not cached.
+
+The teacher's test figures (metrics and cost profile) are stored beside the logits, so a
+student whose teacher is cached runs the teacher's forward zero times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distill.data import DataBundle
+from distill.teacher import FrozenTeacher, TeacherSource
+
+FOLDER = "teacher-logits"
+FORMAT = 1
+MAX_BYTES = 4 * 1024**3  # larger logit tables are not cached (the teacher runs per batch)
+
+
+@dataclass
+class TeacherLogits:
+    """A teacher's raw logits per split (float32, CPU) and its test figures."""
+
+    train: Tensor  # [N_train, K]
+    val: Tensor | None  # [N_val, K]
+    test: Tensor  # [N_test, K]
+    figures: dict[str, Any]  # {"test": metrics, "profile": cost}
+    path: Path | None  # where they are stored (None when not cached)
+    computed: bool  # True when the teacher ran to produce them, False when read from disk
+
+
+def cache_key(source: TeacherSource, data: DataBundle, precision: str = "float32") -> str:
+    """A hex key of everything the logits depend on (see the module docstring)."""
+    h = hashlib.sha256()
+    meta = {"format": FORMAT, "teacher_sha256": source.sha256, "teacher_model": source.model,
+            "dataset": data.info.name, "description": data.description,
+            "mean": list(data.info.mean), "std": list(data.info.std),
+            "in_shape": list(data.info.in_shape), "precision": precision}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for split in (data.train, data.val, data.test):
+        if split is None:
+            h.update(b"none")
+            continue
+        h.update(split.images.detach().cpu().contiguous().numpy().tobytes())
+        h.update(split.labels.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def cache_folder(source: TeacherSource, output_dir: Path) -> Path | None:
+    """Where this teacher's logits live (None: not cacheable)."""
+    if source.sha256 is None:
+        return None
+    if source.kind == "run":
+        return Path(source.location) / FOLDER
+    return output_dir / FOLDER
+
+
+def teacher_logits(teacher: FrozenTeacher, source: TeacherSource, data: DataBundle,
+                   output_dir: Path, precision: str = "float32", console=None) -> TeacherLogits:
+    """The teacher's logits over ``data`` (on the teacher's device): read from the cache when
+    the key matches, else computed once and stored (atomically)."""
+    folder = cache_folder(source, output_dir)
+    path = folder / f"{cache_key(source, data, precision)}.safetensors" if folder else None
+    if path is not None and path.is_file():
+        cached = _read(path)
+        if cached is not None:
+            return cached
+        _say(console, f"teacher logits: {path} is unreadable; computing them again")
+    computed = _compute(teacher, data)
+    size = computed.train.numel() * 4
+    if path is not None and size <= MAX_BYTES:
+        _write(computed, path)
+        computed.path = path
+        _say(console, f"teacher logits: computed once and stored in {path}")
+    return computed
+
+
+def _compute(teacher: FrozenTeacher, data: DataBundle) -> TeacherLogits:
+    from distill.engine import predict
+    from distill.metrics import classification_metrics, profile_model
+
+    train = predict(teacher, data.train, data.info)
+    val = predict(teacher, data.val, data.info) if data.val is not None else None
+    test = predict(teacher, data.test, data.info)
+    figures = {"test": classification_metrics(test, data.test.labels.cpu()),
+               "profile": profile_model(teacher.model, data.info.in_shape,
+                                        data.train.images.device)}
+    return TeacherLogits(train, val, test, figures, None, True)
+
+
+def _write(logits: TeacherLogits, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"train": logits.train.contiguous(), "test": logits.test.contiguous()}
+    if logits.val is not None:
+        tensors["val"] = logits.val.contiguous()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={"figures": json.dumps(logits.figures)})
+    os.replace(tmp, path)  # readers see the old file or the whole new one, never a part
+
+
+def _read(path: Path) -> TeacherLogits | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            figures = json.loads(fh.metadata()["figures"])
+            # copies: a tensor backed by the mapped file would fault if the file were truncated
+            tensors = {k: fh.get_tensor(k).clone() for k in fh.keys()}  # noqa: SIM118
+        return TeacherLogits(tensors["train"], tensors.get("val"), tensors["test"], figures,
+                             path, False)
+    except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+        return None
+
+
+def _say(console, text: str) -> None:
+    if console is not None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
