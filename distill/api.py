@@ -23,10 +23,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_model, save_file
 
+from distill.augment import build_augment
 from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, check_resumable, check_same_teacher, clean_stale,
                                 resume_folder, set_deterministic, set_rng_state)
 from distill.data import DataBundle, load_data, num_batches
-from distill.engine import LoopConfig, TrainState, fit, predict, resolve_device
+from distill.distributed import World, check_batch, teardown, wrap
+from distill.distributed import setup as dist_setup
+from distill.engine import (LoopConfig, TrainState, fit, predict, resolve_device,
+                            resolve_precision)
 from distill.errors import DistillError
 from distill.metrics import agreement, classification_metrics, confusion_matrix, gap_closed, profile_model
 from distill.models import build_model
@@ -130,11 +134,22 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
 
 def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
            resume: Path | None = None, allow_changes: bool = False) -> RunResult:
-    console = Console(stderr=True, quiet=quiet)
+    """One training run; under torchrun one rank of it (see ``distill/distributed.py``)."""
+    world, device_name = dist_setup(recipe.device)
+    result = _train_rank(role, recipe, name, quiet, resume, allow_changes, world, device_name)
+    teardown(world)
+    return result
+
+
+def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume: Path | None,
+                allow_changes: bool, world: World | None, device_name: str) -> RunResult:
+    main = world is None or world.is_main  # only the main process writes anything
+    console = Console(stderr=True, quiet=quiet or not main)
     cfg: RoleConfig = recipe.teacher if role == "teacher" else recipe.student
     require_wandb(resolve_mode(recipe.wandb.mode))  # before anything is written
+    check_batch(cfg.batch_size, world)
     checkpoint = check_resumable(resume, role, recipe, allow_changes) if resume else None
-    device = resolve_device(recipe.device)
+    device = resolve_device(device_name)
     set_deterministic(recipe.deterministic)
     data = load_data(recipe.data)
     teacher, source = _student_teacher(recipe, data) if role == "student" else (None, None)
@@ -143,58 +158,54 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
     seed_everything(recipe.seed)
     model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
                         **cfg.model.build_options())
-    if resume is None:
-        run_dir, env = new_run(recipe, Path(recipe.output_dir), run_prefix(recipe, role), name,
-                               str(device))
-    else:
-        run_dir = resume
-        clean_stale(run_dir)
-        env = json.loads((run_dir / "environment.json").read_text())
-        dump_recipe(recipe, run_dir / "recipe.yaml")  # changed only with --allow-changes
-    console.print(f"{'resuming' if resume else 'run folder'}: {run_dir}", markup=False,
-                  highlight=False, soft_wrap=True)
+    amp, channels_last = resolve_precision(recipe.amp, recipe.channels_last, device, model)
+    precision = {"amp_bf16": amp, "channels_last": channels_last,
+                 "world_size": world.size if world else 1}
+    run_dir, env = (_run_folder(recipe, role, name, resume, device, precision) if main
+                    else (None, {}))
+    console.print(f"{'resuming' if resume else 'run folder'}: {run_dir}"
+                  + (f" ({world.size} processes, rank 0 writes)" if world else ""),
+                  markup=False, highlight=False, soft_wrap=True)
     if source is not None:
         console.print(f"teacher: {source.location} ({source.model['name']}"
                       + (f", sha256 {source.sha256[:12]})" if source.sha256 else ")"),
                       markup=False, highlight=False, soft_wrap=True)
 
     data = data.to(device)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if channels_last
+             else torch.preserve_format)
     teacher_eval = None
     if teacher is not None:
         teacher.to(device)
-        teacher_eval = prepare_teacher(teacher, source, data, recipe, console)
+        teacher_eval = prepare_teacher(teacher, source, data, recipe, console, write=main)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, num_batches(len(data.train), cfg.batch_size),
                                 cfg.epochs)
-    state = TrainState(model, optimizer, scheduler)
-    log = MetricsLog(run_dir / METRICS)
+    state = TrainState(model, optimizer, scheduler, ddp=wrap(model, world, device))
     resumes = []
     if checkpoint is not None:
-        state.load_state_dict(checkpoint["state"], device)
+        resumes = _restore(state, checkpoint, device, console, world)
+    log = MetricsLog(run_dir / METRICS) if main else None
+    if log is not None and checkpoint is not None:
         log.truncate_after(state.epoch)  # epochs logged after the checkpoint run again
-        resumes = checkpoint.get("resumes", []) + [
-            {"epoch": state.epoch, "step": state.step, "at": now_iso()}]
-        skip = os.environ.get(RESUME_SKIP_ENV, "")  # negative controls of the resume tests
-        if "data_order" in skip:
-            state.batch_in_epoch, state.sums, state.seen = 0, None, 0
-        if "rng" not in skip:
-            set_rng_state(checkpoint["rng"])
-        console.print(f"continuing at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
-                      f"step {state.step}", markup=False, highlight=False)
     loop = LoopConfig(cfg.epochs, cfg.batch_size, recipe.data.data_seed,
                       T=getattr(cfg, "T", 1.0), alpha=getattr(cfg, "alpha", 0.0),
-                      label_smoothing=cfg.label_smoothing, grad_clip=cfg.optim.grad_clip)
+                      label_smoothing=cfg.label_smoothing, grad_clip=cfg.optim.grad_clip,
+                      world=world, augment=build_augment(cfg.augment), amp=amp,
+                      channels_last=channels_last)
     job_type = "teach" if role == "teacher" else "student"
-    tracker = Tracker(recipe.wandb, run_dir, job_type, recipe.model_dump(mode="json"), console,
+    tracking = recipe.wandb if main else recipe.wandb.model_copy(update={"mode": "disabled"})
+    tracker = Tracker(tracking, run_dir, job_type, recipe.model_dump(mode="json"), console,
                       run_id=env.get("wandb_id"))
     teacher_sha = source.sha256 if source is not None else None
-    saver = Checkpointer(run_dir, role, recipe, state, teacher_sha, resumes,
-                         recipe.checkpoint.every_epoch)
+    saver = (Checkpointer(run_dir, role, recipe, state, teacher_sha, resumes,
+                          recipe.checkpoint.every_epoch) if main else lambda where: None)
     start = time.perf_counter()
     try:
-        with _progress(console, quiet) as progress:
+        with _progress(console, quiet or not main) as progress:
             def on_epoch(record: dict[str, Any]) -> None:
+                if log is None:
+                    return
                 log.append(record)
                 tracker.log(record, step=record["epoch"])
                 progress.console.print(_epoch_line(record, cfg.epochs))
@@ -202,6 +213,8 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
             fit(state, data, loop, teacher, on_epoch,
                 progress if progress.live.is_started else None,
                 on_checkpoint=saver, every_steps=recipe.checkpoint.every_steps)
+        if not main:
+            return RunResult(None, {})  # type: ignore[arg-type] - rank 0 holds the run
         summary = _finish(role, recipe, run_dir, state, data, teacher, source, log.read(),
                           time.perf_counter() - start, tracker, resumes, teacher_eval)
     except BaseException:
@@ -210,6 +223,39 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
     tracker.finish()
     Console(quiet=quiet).print(summary_table(summary))
     return RunResult(run_dir, summary)
+
+
+def _run_folder(recipe: Recipe, role: str, name: str | None, resume: Path | None,
+                device: torch.device, extra: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """A new run folder (``extra`` goes into its environment.json), or the resumed one (its
+    recipe rewritten: changed only with --allow-changes)."""
+    if resume is None:
+        return new_run(recipe, Path(recipe.output_dir), run_prefix(recipe, role), name,
+                       str(device), **extra)
+    clean_stale(resume)
+    env = json.loads((resume / "environment.json").read_text())
+    dump_recipe(recipe, resume / "recipe.yaml")
+    return resume, env
+
+
+def _restore(state: TrainState, checkpoint: dict[str, Any], device: torch.device,
+             console: Console, world: World | None) -> list[dict[str, Any]]:
+    """Load a checkpoint into ``state`` (any world size wrote it); returns the resume log."""
+    state.load_state_dict(checkpoint["state"], device)
+    if world is not None and not world.is_main:
+        state.sums, state.seen = (None if state.sums is None else
+                                  {k: torch.zeros_like(v) for k, v in state.sums.items()}), 0
+    resumes = checkpoint.get("resumes", []) + [
+        {"epoch": state.epoch, "step": state.step, "at": now_iso(),
+         "world_size": world.size if world else 1}]
+    skip = os.environ.get(RESUME_SKIP_ENV, "")  # negative controls of the resume tests
+    if "data_order" in skip:
+        state.batch_in_epoch, state.sums, state.seen = 0, None, 0
+    if "rng" not in skip:
+        set_rng_state(checkpoint["rng"])
+    console.print(f"continuing at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
+                  f"step {state.step}", markup=False, highlight=False)
+    return resumes
 
 
 def new_run(recipe: Recipe, parent: Path, prefix: str, name: str | None, device: str,
@@ -237,13 +283,15 @@ def _student_teacher(recipe: Recipe, data: DataBundle):
 
 
 def prepare_teacher(teacher: FrozenTeacher, source, data: DataBundle, recipe: Recipe,
-                    console: Console | None) -> TeacherEvaluation | None:
+                    console: Console | None, write: bool = True) -> TeacherEvaluation | None:
     """Attach the teacher's cached training logits (computed once if missing) and return its
     test evaluation from the same cache; None when the recipe turns the cache off."""
     if not recipe.student.teacher_cache:
         return None
-    cached = teacher_logits(teacher, source, data, Path(recipe.output_dir), console=console)
-    teacher.use_cached(cached.train.to(data.train.images.device))
+    cached = teacher_logits(teacher, source, data, Path(recipe.output_dir), console=console,
+                            write=write)
+    if not recipe.student.augment.active():  # augmented batches need the teacher's forward
+        teacher.use_cached(cached.train.to(data.train.images.device))
     return TeacherEvaluation(cached.test, cached.figures)
 
 

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from distill.augment import build_augment
 from distill.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
 from distill.data import DataBundle, eval_batches, indexed_train_batches, load_data, num_batches
-from distill.engine import resolve_device
+from distill.engine import autocast, resolve_device, resolve_precision
 from distill.models import build_model
 from distill.optim import build_optimizer, build_scheduler, weight_decay_groups
 from distill.recipe import Recipe
@@ -135,6 +136,8 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
     T = torch.tensor([r.student.T for r in recipes], device=device)
     alpha = torch.tensor([r.student.alpha for r in recipes], device=device)
     use_teacher = teacher is not None and bool((alpha > 0).any())
+    augment = build_augment(cfg.augment)
+    amp, _ = resolve_precision(recipes[0].amp, False, device, students.template)
     step = start_epoch * num_batches(len(data.train), cfg.batch_size)
     for epoch in range(start_epoch, cfg.epochs):
         students.train(True)
@@ -142,9 +145,12 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
         sums = {k: torch.zeros(students.size, device=device) for k in ("loss", "soft", "hard")}
         seen = 0
         for x, y, idx in indexed_train_batches(data.train, data.info, cfg.batch_size,
-                                               recipes[0].data.data_seed, epoch):
-            t_logits = teacher.batch_logits(x, idx) if use_teacher else None
-            parts = per_student_loss(students(x), t_logits, y, T, alpha, cfg.label_smoothing)
+                                               recipes[0].data.data_seed, epoch,
+                                               augment=augment):
+            with autocast(device, amp):
+                t_logits = teacher.batch_logits(x, idx) if use_teacher else None
+                logits = students(x)
+            parts = per_student_loss(logits, t_logits, y, T, alpha, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].sum().backward()
             optimizer.step()

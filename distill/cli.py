@@ -98,7 +98,10 @@ def _overrides(role: str, sets: list[str] | None, **flags: Any) -> dict[str, Any
 
 
 def _report(result, quiet: bool) -> None:
-    """After a run: the results table (printed already unless quiet) and the folder."""
+    """After a run: the results table (printed already unless quiet) and the folder; nothing
+    on the ranks of a torchrun job other than 0 (they hold no run)."""
+    if result.run_dir is None:
+        return
     if quiet:
         from distill.api import summary_table
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distill.augment import BatchAugment, batch_seed
 from distill.errors import DataError, RecipeError
 from distill.recipe import DataConfig
 
@@ -108,12 +110,13 @@ def num_batches(n: int, batch_size: int) -> int:
 
 
 def train_batches(split: Split, info: DataInfo, batch_size: int, data_seed: int, epoch: int,
-                  start: int = 0, augment: Callable[[Tensor], Tensor] | None = None
+                  start: int = 0, augment: BatchAugment | None = None
                   ) -> Iterator[tuple[Tensor, Tensor]]:
     """Shuffled training batches ``(x float32 [B, C, H, W], y int64 [B])`` of one epoch.
 
-    ``start`` skips the first batches (for resuming mid-epoch); ``augment`` acts on uint8
-    batches on the device.
+    ``start`` skips the first batches (for resuming mid-epoch); ``augment``
+    (``distill/augment.py``) acts on whole uint8 batches on the device, its randomness a
+    function of (data_seed, epoch, batch).
     """
     for x, y, _ in indexed_train_batches(split, info, batch_size, data_seed, epoch, start,
                                          augment):
@@ -122,16 +125,26 @@ def train_batches(split: Split, info: DataInfo, batch_size: int, data_seed: int,
 
 def indexed_train_batches(split: Split, info: DataInfo, batch_size: int, data_seed: int,
                           epoch: int, start: int = 0,
-                          augment: Callable[[Tensor], Tensor] | None = None
+                          augment: BatchAugment | None = None,
+                          shard: tuple[int, int] | None = None
                           ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """:func:`train_batches` plus each batch's indices into the split (``idx`` int64 [B]),
-    for per-sample lookups such as cached teacher logits."""
+    for per-sample lookups such as cached teacher logits.
+
+    ``shard = (rank, world)``: only this rank's contiguous part of each global batch
+    (``distill/distributed.py``).
+    """
     order = epoch_order(len(split), data_seed, epoch, split.images.device)
     for b in range(start, num_batches(len(split), batch_size)):
         idx = order[b * batch_size:(b + 1) * batch_size]
+        total, offset = len(idx), 0
+        if shard is not None:
+            parts = idx.tensor_split(shard[1])
+            offset = sum(len(p) for p in parts[:shard[0]])
+            idx = parts[shard[0]]
         images = split.images[idx]
         if augment is not None:
-            images = augment(images)
+            images = augment(images, batch_seed(data_seed, epoch, b), offset, total)
         yield normalize(images, info), split.labels[idx], idx
 
 
@@ -426,13 +439,25 @@ _register("cifar100", "CIFAR-100, 50000 + 10000 32x32 colour images, 100 classes
 
 # ----------------------------------------------------------------------------- ImageFolder
 
+CACHE_DIR_ENV = "DISTILL_CACHE_DIR"
+_IMAGEFOLDER_CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: $DISTILL_CACHE_DIR, else ~/.cache/distill."""
+    value = os.environ.get(CACHE_DIR_ENV)
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "distill"
+
+
 def _read_image_folder(folder: Path, classes: list[str] | None, size: int | None
                        ) -> tuple[Tensor, Tensor, list[str]]:
-    """Decode every image of an ImageFolder split into uint8 [N, C, H, W] and labels [N]."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Every image of an ImageFolder split as uint8 [N, C, H, W] and labels [N].
 
-    from PIL import Image
-
+    Decoded once, then cached on disk (``cache_dir()/imagefolder/<key>.safetensors``) under
+    a key of the files' paths, sizes and modification times and the resize: a later run
+    reads one file instead of decoding again; any added, removed or changed image makes a
+    new key.
+    """
     found = sorted(p.name for p in folder.iterdir() if p.is_dir())
     classes = classes or found
     if found != classes:
@@ -442,6 +467,44 @@ def _read_image_folder(folder: Path, classes: list[str] | None, size: int | None
              for p in sorted((folder / c).iterdir()) if p.suffix.lower() in exts]
     if not items:
         raise DataError(f"{folder}: no images found in its class folders")
+    h = hashlib.sha256(json.dumps([_IMAGEFOLDER_CACHE_FORMAT, str(folder.resolve()), size,
+                                   classes]).encode())
+    for path, label in items:
+        st = path.stat()
+        h.update(f"{path.name}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    cached = cache_dir() / "imagefolder" / f"{h.hexdigest()[:24]}.safetensors"
+    if cached.is_file():
+        try:
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(cached))
+            return tensors["images"], tensors["labels"], classes
+        except Exception:  # noqa: BLE001 - a damaged cache is decoded again
+            pass
+    images, labels = _decode_images(folder, items, size)
+    _write_cache(cached, {"images": images, "labels": labels})
+    return images, labels, classes
+
+
+def _write_cache(path: Path, tensors: dict[str, Tensor]) -> None:
+    """Store tensors atomically; a cache that cannot be written is skipped, not an error."""
+    from safetensors.torch import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _decode_images(folder: Path, items: list[tuple[Path, int]], size: int | None
+                   ) -> tuple[Tensor, Tensor]:
+    """Decode ``items`` (path, label) with a thread pool into uint8 [N, C, H, W], int64 [N]."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
 
     def decode(item: tuple[Path, int]) -> np.ndarray:
         path = item[0]
@@ -462,7 +525,7 @@ def _read_image_folder(folder: Path, classes: list[str] | None, size: int | None
                         f"data.image_size to resize them all")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in items], dtype=torch.long)
-    return images, labels, classes
+    return images, labels
 
 
 def _load_imagefolder(cfg: DataConfig, root: Path):

@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.augment import BatchAugment
 from distill.data import (DataBundle, DataInfo, Split, eval_batches, indexed_train_batches,
                           num_batches)
+from distill.distributed import World, reduce_sums
 from distill.errors import DistillError
 from distill.losses import distillation_loss
 from distill.teacher import FrozenTeacher
@@ -36,6 +38,10 @@ class LoopConfig:
     alpha: float = 0.0
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    world: World | None = None  # set under torchrun (distill/distributed.py)
+    augment: BatchAugment | None = None  # training batches only (distill/augment.py)
+    amp: bool = False  # bf16 autocast for the forward passes (the loss stays float32)
+    channels_last: bool = False  # feed conv nets channels-last batches
 
 
 @dataclass
@@ -53,6 +59,7 @@ class TrainState:
     best_val_accuracy: float | None = None
     best_epoch: int | None = None
     best_weights: dict[str, Tensor] | None = field(default=None, repr=False)
+    ddp: nn.Module | None = field(default=None, repr=False)  # the DDP wrapper under torchrun
 
     def state_dict(self) -> dict[str, Any]:
         """Everything above, on the CPU (the random generators are saved beside it)."""
@@ -97,6 +104,23 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return device
 
 
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on ``device`` when ``enabled`` (a no-op context otherwise)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def resolve_precision(amp: bool | None, channels_last: bool | None, device: torch.device,
+                      model: nn.Module) -> tuple[bool, bool]:
+    """The recipe's ``amp`` / ``channels_last`` (None: on for CUDA, amp only where the GPU
+    has bf16, channels-last only for models with 2-d convolutions)."""
+    cuda = device.type == "cuda"
+    if amp is None:
+        amp = cuda and torch.cuda.is_bf16_supported()
+    if channels_last is None:
+        channels_last = cuda and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return bool(amp), bool(channels_last)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, info: DataInfo, batch_size: int = 1000) -> Tensor:
     """Logits [N, K] (float32, on the CPU) of ``model`` over ``split``, in eval mode.
@@ -128,19 +152,30 @@ def _non_finite(parts: dict[str, Tensor], epoch: int, step: int) -> DistillError
 
 
 def train_step(state: TrainState, x: Tensor, y: Tensor, cfg: LoopConfig,
-               teacher: FrozenTeacher | None, idx: Tensor | None = None) -> dict[str, Tensor]:
+               teacher: FrozenTeacher | None, idx: Tensor | None = None,
+               scale: float = 1.0) -> dict[str, Tensor]:
     """One optimizer step on a batch; returns the detached loss parts (float32 scalars).
 
-    ``idx`` [B]: the batch's training-set indices (for cached teacher logits).
+    ``idx`` [B]: the batch's training-set indices (for cached teacher logits). ``scale``
+    multiplies the loss that is back-propagated (a rank's share under DDP).
     """
-    logits = state.model(x)
-    teacher_logits = None
-    if teacher is not None and cfg.alpha > 0:
-        cached = isinstance(teacher, FrozenTeacher) and idx is not None
-        teacher_logits = teacher.batch_logits(x, idx) if cached else teacher(x)
-    parts = distillation_loss(logits, teacher_logits, y, cfg.T, cfg.alpha, cfg.label_smoothing)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(x.device, cfg.amp):
+        logits = (state.ddp or state.model)(x)
+    if y.numel() == 0:  # an empty shard of a short last batch: no loss, but DDP must sync
+        zero = logits.sum() * 0.0
+        parts = {"loss": zero, "soft": zero.detach(), "hard": zero.detach()}
+    else:
+        teacher_logits = None
+        if teacher is not None and cfg.alpha > 0:
+            cached = isinstance(teacher, FrozenTeacher) and idx is not None
+            with autocast(x.device, cfg.amp):
+                teacher_logits = teacher.batch_logits(x, idx) if cached else teacher(x)
+        parts = distillation_loss(logits, teacher_logits, y, cfg.T, cfg.alpha,
+                                  cfg.label_smoothing)
     state.optimizer.zero_grad(set_to_none=True)
-    parts["loss"].backward()
+    (parts["loss"] * scale if scale != 1.0 else parts["loss"]).backward()
     if cfg.grad_clip is not None:
         nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
     state.optimizer.step()
@@ -176,16 +211,22 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
             state.sums = {k: torch.zeros((), device=data.train.images.device)
                           for k in ("loss", "soft", "hard")}
             state.seen = 0
-        sums, seen_at_start = state.sums, state.seen
+        seen_at_start = state.seen
         if progress is not None:
             progress.reset(task, total=steps_per_epoch, completed=first,
                            description=f"epoch {epoch + 1}/{cfg.epochs}")
+        world = cfg.world
         batches = indexed_train_batches(data.train, data.info, cfg.batch_size, cfg.data_seed,
-                                        epoch, start=first)
+                                        epoch, start=first, augment=cfg.augment,
+                                        shard=world.shard if world else None)
         for i, (x, y, idx) in enumerate(batches, start=first):
-            parts = train_step(state, x, y, cfg, teacher, idx)
-            for k in sums:
-                sums[k] += parts[k] * y.shape[0]
+            scale = 1.0
+            if world is not None:  # this rank's share of the global batch's mean loss
+                global_size = min(cfg.batch_size, len(data.train) - i * cfg.batch_size)
+                scale = y.shape[0] * world.size / global_size
+            parts = train_step(state, x, y, cfg, teacher, idx, scale)
+            for k in state.sums:  # (a DDP checkpoint may replace the dict mid-epoch)
+                state.sums[k] += parts[k] * y.shape[0]
             state.seen += y.shape[0]
             state.batch_in_epoch = i + 1
             seen = state.seen
@@ -200,8 +241,11 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
                 progress.update(task, completed=i + 1)
             if (on_checkpoint is not None and every_steps and state.step % every_steps == 0
                     and i + 1 < steps_per_epoch):
+                _reduce(state, world)
                 on_checkpoint("step")
         seconds = time.perf_counter() - start
+        _reduce(state, world)
+        sums = state.sums
         seen = state.seen
         state.epoch += 1
         state.batch_in_epoch = 0
@@ -211,7 +255,7 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
             parts["train_soft"] = means["soft"]
         record = {"epoch": state.epoch, "step": state.step, **parts,
                   "lr": state.optimizer.param_groups[0]["lr"],
-                  **_val_metrics(state.model, data),
+                  **(_val_metrics(state.model, data) if world is None or world.is_main else {}),
                   "epoch_seconds": round(seconds, 4),
                   "images_per_second": round((seen - seen_at_start) / max(seconds, 1e-9), 1)}
         _track_best(state, record)
@@ -221,6 +265,12 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
         if on_checkpoint is not None:
             on_checkpoint("epoch")
     return history
+
+
+def _reduce(state: TrainState, world: World | None) -> None:
+    """Under DDP: the epoch's loss sums and image count over all ranks, on rank 0."""
+    if world is not None and state.sums is not None:
+        state.sums, state.seen = reduce_sums(state.sums, state.seen, world)
 
 
 def _track_best(state: TrainState, record: dict[str, Any]) -> None:

@@ -296,6 +296,12 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     from distill.api import _with_wandb, as_recipe, read_baseline, run_prefix, student
     from distill.batched import batching_problem, train_batched
 
+    from distill.distributed import launched
+
+    if launched():
+        raise DistillError("distill sweep does not run under torchrun: spread a grid over "
+                           "processes with wandb agents (distill sweep --wandb-sweep, see the "
+                           "README), or run distill sweep on one device")
     base = as_recipe(recipe, _with_wandb(overrides, wandb))
     Ts, alphas = Ts or base.sweep.T, alphas or base.sweep.alpha
     seeds = seeds if seeds is not None else base.sweep.seeds

@@ -77,9 +77,11 @@ def cache_folder(source: TeacherSource, output_dir: Path) -> Path | None:
 
 
 def teacher_logits(teacher: FrozenTeacher, source: TeacherSource, data: DataBundle,
-                   output_dir: Path, precision: str = "float32", console=None) -> TeacherLogits:
+                   output_dir: Path, precision: str = "float32", console=None,
+                   write: bool = True) -> TeacherLogits:
     """The teacher's logits over ``data`` (on the teacher's device): read from the cache when
-    the key matches, else computed once and stored (atomically)."""
+    the key matches, else computed once and stored atomically (unless ``write`` is False:
+    the other ranks of a torchrun job)."""
     folder = cache_folder(source, output_dir)
     path = folder / f"{cache_key(source, data, precision)}.safetensors" if folder else None
     if path is not None and path.is_file():
@@ -89,7 +91,7 @@ def teacher_logits(teacher: FrozenTeacher, source: TeacherSource, data: DataBund
         _say(console, f"teacher logits: {path} is unreadable; computing them again")
     computed = _compute(teacher, data)
     size = computed.train.numel() * 4
-    if path is not None and size <= MAX_BYTES:
+    if path is not None and write and size <= MAX_BYTES:
         _write(computed, path)
         computed.path = path
         _say(console, f"teacher logits: computed once and stored in {path}")

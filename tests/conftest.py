@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 # also for module-scoped fixtures, which run before the function-scoped one below
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["WANDB_SILENT"] = "true"
+# decoded-dataset caches go to a fresh folder, never the user's ~/.cache/distill
+os.environ["DISTILL_CACHE_DIR"] = tempfile.mkdtemp(prefix="distill-test-cache-")
 
 
 @pytest.fixture(autouse=True)

@@ -87,7 +87,7 @@ def test_set_without_equals(tmp_path: Path) -> None:
 def test_unknown_recipe_name(tmp_path: Path) -> None:
     result = run_cli("teach", "--recipe", "nope", *train_args(tmp_path))
     assert_user_error(result, "recipe 'nope' not found: no such file, and no shipped recipe of "
-                              "that name (shipped: cifar10_resnet, digits, mnist_hinton)")
+                              "that name (shipped: cifar10_jpeg_resnet, cifar10_resnet, digits, mnist_hinton)")
 
 
 # ----------------------------------------------------------------------------- names and paths

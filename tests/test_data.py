@@ -591,3 +591,31 @@ def test_real_mnist_from_shared_data(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.equal(bundle.train.labels, labels[:500].long())
     assert bundle.info.mean[0] == pytest.approx(0.1307, abs=1e-3)  # the well-known MNIST stats
     assert bundle.info.std[0] == pytest.approx(0.3081, abs=1e-3)
+
+
+def test_imagefolder_is_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch) -> None:
+    import distill.data as data_module
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    root = image_folder(tmp_path / "imgs")
+    decoded: list[int] = []
+    original = data_module._decode_images
+
+    def counting(folder, items, size):
+        decoded.append(len(items))
+        return original(folder, items, size)
+
+    monkeypatch.setattr(data_module, "_decode_images", counting)
+    cfg = DataConfig(name=f"imagefolder:{root}", val_size=0)
+    first = load_data(cfg)
+    assert len(decoded) == 2 and len(list((tmp_path / "cache" / "imagefolder").iterdir())) == 2
+    again = load_data(cfg)
+    assert len(decoded) == 2  # both splits came from the cache
+    assert torch.equal(again.train.images, first.train.images)
+    assert torch.equal(again.test.labels, first.test.labels)
+    changed = sorted((root / "train").rglob("*.png"))[0]
+    write_png(changed, (10, 10), (1, 2, 3))  # one image changed: its split is decoded again
+    os.utime(changed, ns=(1, 1))
+    third = load_data(cfg)
+    assert len(decoded) == 3
+    assert not torch.equal(third.train.images, first.train.images)

@@ -156,14 +156,14 @@ def test_shipped_cifar10_resnet() -> None:
 def test_unknown_recipe_name() -> None:
     assert recipe_error("nope") == (
         "recipe 'nope' not found: no such file, and no shipped recipe of that name "
-        "(shipped: cifar10_resnet, digits, mnist_hinton)")
+        "(shipped: cifar10_jpeg_resnet, cifar10_resnet, digits, mnist_hinton)")
 
 
 def test_missing_recipe_path_in_a_folder_is_not_a_shipped_name(tmp_path: Path) -> None:
     spec = str(tmp_path / "digits.yaml")  # not a file; a path, so never the shipped 'digits'
     assert recipe_error(spec) == (
         f"recipe '{spec}' not found: no such file, and no shipped recipe of that name "
-        "(shipped: cifar10_resnet, digits, mnist_hinton)")
+        "(shipped: cifar10_jpeg_resnet, cifar10_resnet, digits, mnist_hinton)")
 
 
 def test_a_file_wins_over_a_shipped_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

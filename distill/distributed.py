@@ -1,0 +1,108 @@
+"""torchrun / DistributedDataParallel: the few things the training loop needs to know.
+
+``torchrun --nproc_per_node=N -m distill teach ...`` starts N processes with ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` set; :func:`setup` joins them into a process group (nccl on
+GPU, gloo on CPU). How a run is split:
+
+- the recipe's ``batch_size`` stays the *global* batch: each step's batch (the same on every
+  rank, from the same ``data_seed`` order) is cut into ``WORLD_SIZE`` contiguous shards, one
+  per rank (sizes differ by at most one); the learning rate and schedule stay the recipe's;
+- each rank's loss is scaled by ``local_size * WORLD_SIZE / global_size`` so that DDP's
+  gradient average equals the gradient of the mean loss over the global batch, also when the
+  shards differ in size: a run on N processes follows the single-process run (up to float
+  rounding; dropout draws other masks per rank, and BatchNorm normalises per shard);
+- only rank 0 writes: the run folder, checkpoints, metrics, plots, wandb; it also evaluates
+  (validation each epoch, test at the end) over whole splits, so every sample counts once;
+- epoch loss sums are reduced across ranks before they are logged or checkpointed, and the
+  checkpoint holds the unwrapped model, so a checkpoint resumes under DDP or in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from distill.errors import DistillError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a torchrun job."""
+
+    rank: int
+    size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.rank, self.size
+
+
+def launched() -> bool:
+    """True inside a torchrun job (its environment variables are set)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(device_request: str) -> tuple[World | None, str]:
+    """Join the torchrun job, if any; returns the world (None outside torchrun) and the
+    device to use (``cuda:<LOCAL_RANK>`` on GPU)."""
+    if not launched():
+        return None, device_request
+    world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                  int(os.environ.get("LOCAL_RANK", 0)))
+    use_cuda = device_request in ("auto", "cuda") and torch.cuda.is_available()
+    use_cuda = use_cuda or device_request.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(world.local_rank)
+        device_request = f"cuda:{world.local_rank}"
+    elif device_request == "auto":
+        device_request = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return world, device_request
+
+
+def teardown(world: World | None) -> None:
+    """Wait for every rank, then leave the process group."""
+    if world is not None and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def check_batch(batch_size: int, world: World | None) -> None:
+    if world is not None and batch_size < 2 * world.size:
+        raise DistillError(f"batch_size {batch_size} is the global batch; with "
+                           f"{world.size} processes each rank would get fewer than 2 images: "
+                           f"use batch_size >= {2 * world.size}")
+
+
+def wrap(model: nn.Module, world: World | None, device: torch.device) -> nn.Module | None:
+    """The DDP-wrapped model to run forward/backward through (None outside torchrun)."""
+    if world is None:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def reduce_sums(sums: dict[str, Tensor], seen: int, world: World) -> tuple[dict[str, Tensor],
+                                                                             int]:
+    """Global loss sums and image count on rank 0 (zeros elsewhere, so a later reduction
+    counts them once)."""
+    device = next(iter(sums.values())).device
+    packed = torch.stack([*(v.double() for v in sums.values()),
+                          torch.tensor(float(seen), dtype=torch.float64, device=device)])
+    dist.all_reduce(packed)
+    if not world.is_main:
+        packed.zero_()
+    values = {k: v.float() for k, v in zip(sums, packed[:-1].unbind())}
+    return values, int(round(packed[-1].item()))

@@ -1,0 +1,99 @@
+"""On-device batch augmentation: each operation against a hand-built expectation, draws that
+are a function of the seed only (so DDP shards and sweep students agree), and evaluation that
+never augments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import distill.api as api
+from distill.augment import BatchAugment, build_augment, color_jitter, rotate, translate
+from distill.data import load_data, num_batches
+from distill.recipe import AugmentConfig, DataConfig
+
+
+def dots(n: int = 4, size: int = 9) -> torch.Tensor:
+    """uint8 [n, 1, size, size] images, each with one bright pixel at the centre."""
+    x = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    x[:, :, size // 2, size // 2] = 200
+    return x
+
+
+def test_translate_moves_pixels_and_zero_fills() -> None:
+    x = dots(2).float()
+    out = translate(x, torch.tensor([[2, -1], [0, 3]]))
+    assert out[0, 0, 6, 3] == 200 and out[0].sum() == 200  # (4, 4) + (2, -1)
+    assert out[1, 0, 4, 7] == 200 and out[1].sum() == 200  # (4, 4) + (0, 3)
+    edge = torch.full((1, 1, 3, 3), 9.0)
+    shifted = translate(edge, torch.tensor([[1, 1]]))
+    assert shifted[0, 0, 0].tolist() == [0, 0, 0] and shifted[0, 0, :, 0].tolist() == [0, 0, 0]
+    assert shifted[0, 0, 1:, 1:].eq(9).all()
+
+
+def test_jitter_draws_every_shift_up_to_n_and_no_more() -> None:
+    aug = BatchAugment(AugmentConfig(jitter=2))
+    out = aug(dots(400), seed=0)
+    pos = out[:, 0].flatten(1).argmax(1)
+    dy, dx = pos // 9 - 4, pos % 9 - 4
+    assert set(dy.tolist()) == set(range(-2, 3)) and set(dx.tolist()) == set(range(-2, 3))
+    assert out.flatten(1).sum(1).eq(200).all()  # nothing lost at a shift of <= 2
+
+
+def test_flip_mirrors_about_half_the_images() -> None:
+    x = torch.arange(2 * 3 * 4, dtype=torch.uint8).view(1, 2, 3, 4).repeat(200, 1, 1, 1)
+    out = BatchAugment(AugmentConfig(flip=True))(x, seed=1)
+    flipped = out.eq(x.flip(-1).float()).flatten(1).all(1)
+    same = out.eq(x.float()).flatten(1).all(1)
+    assert (flipped | same).all() and 70 < int(flipped.sum()) < 130
+
+
+def test_rotation_by_90_degrees_is_a_quarter_turn() -> None:
+    x = torch.rand(3, 3, 8, 8) * 255
+    assert torch.allclose(rotate(x, torch.zeros(3)), x, atol=1e-3)
+    turned = rotate(x, torch.full((3,), 90.0))
+    # positive angles turn counter-clockwise, as in torchvision
+    assert torch.allclose(turned, torch.rot90(x, k=1, dims=(2, 3)), atol=1e-2)
+
+
+def test_color_jitter_factors() -> None:
+    x = torch.rand(2, 3, 5, 5) * 255
+    assert torch.allclose(color_jitter(x, torch.ones(2, 3)), x, atol=1e-3)
+    brighter = color_jitter(x, torch.tensor([[1.5, 1.0, 1.0], [1.5, 1.0, 1.0]]))
+    assert torch.allclose(brighter, (x * 1.5).clamp(0, 255), atol=1e-3)
+    gray = color_jitter(x, torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]))  # saturation 0
+    assert torch.allclose(gray[:, 0], gray[:, 1], atol=1e-3)
+
+
+def test_draws_depend_on_the_seed_only_and_shards_agree() -> None:
+    aug = BatchAugment(AugmentConfig(jitter=2, flip=True, rotation=10, color_jitter=0.3))
+    x = (torch.rand(10, 3, 8, 8) * 255).to(torch.uint8)
+    torch.manual_seed(0)
+    a = aug(x, seed=5)
+    torch.manual_seed(1)  # the global generator plays no part
+    assert torch.equal(aug(x, seed=5), a)
+    assert not torch.equal(aug(x, seed=6), a)
+    assert torch.equal(aug(x[4:7], seed=5, start=4, total=10), a[4:7])  # a rank's rows
+
+
+def test_off_means_none() -> None:
+    assert build_augment(AugmentConfig()) is None
+    with pytest.raises(Exception, match="less than or equal to 180"):
+        AugmentConfig(rotation=200)
+
+
+def test_training_batches_are_augmented_and_evaluation_never(tmp_path, monkeypatch) -> None:
+    calls: list[int] = []
+    original = BatchAugment.__call__
+
+    def counting(self, images, *args, **kwargs):
+        calls.append(images.shape[0])
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(BatchAugment, "__call__", counting)
+    run = api.teach(overrides={"teacher.epochs": 2, "teacher.augment.jitter": 1,
+                               "output_dir": str(tmp_path)}, quiet=True, wandb="disabled")
+    train = len(load_data(DataConfig()).train)
+    assert len(calls) == 2 * num_batches(train, 64)  # training batches only
+    assert sum(calls) == 2 * train
+    assert run.summary["test"]["accuracy"] > 0.8

@@ -1,0 +1,120 @@
+"""torchrun on CPU (gloo, 2 processes): one run folder, weights equal to one process with the
+same global batch, checkpoints that resume under DDP and in a single process.
+
+Digits has 1293 training images: 20 batches of 64 and a last one of 13, which the two ranks
+split 7 + 6, so the loss scaling of unequal shards is exercised too. Dropout is off (each
+rank would draw its own masks), so the runs can be compared weight for weight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from distill.checkpoint import KILL_AFTER_SAVE_ENV, LAST
+from distill.cli import app
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "distill"]
+# checkpoints at steps 7 and 14 of each 21-step epoch, and at each epoch end
+TEACH = ["teach", "--epochs", "2", "--device", "cpu", "--wandb", "disabled", "-q",
+         "--checkpoint-every", "7", "--set", "teacher.model.dropout=0",
+         "--set", "teacher.model.hidden_sizes=[64]"]
+STUDENT = ["student", "--epochs", "2", "--device", "cpu", "--wandb", "disabled", "-q"]
+ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORCHRUN, *args], capture_output=True, text=True,
+                          env={**ENV, **(env or {})}, timeout=600)
+
+
+def single(*args: str) -> None:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def close(a: Path, b: Path, atol: float = 1e-5) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=atol, rtol=0)
+                                          for k in wa)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("ddp")
+    ddp = torchrun(*TEACH, "--output-dir", str(out / "ddp"), "--name", "t")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single(*TEACH, "--output-dir", str(out / "one"), "--name", "t")
+    single(*TEACH, "--output-dir", str(out / "seed1"), "--name", "t", "--seed", "1")
+    return {"ddp": out / "ddp" / "t", "one": out / "one" / "t", "seed1": out / "seed1" / "t",
+            "out": out}
+
+
+def test_torchrun_writes_one_run_folder(runs) -> None:
+    assert [p.name for p in (runs["out"] / "ddp").iterdir()] == ["t"]
+    run = runs["ddp"]
+    assert len(metrics(run)) == 2 and (run / "summary.json").is_file()
+    assert len(list(runs["out"].rglob("metrics.jsonl"))) == 3  # ddp, one, seed1: one each
+    assert json.loads((run / "environment.json").read_text())["world_size"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["n"] == 359  # every test image counted once
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(runs) -> None:
+    assert close(runs["ddp"], runs["one"])
+    assert not close(runs["ddp"], runs["seed1"], atol=1e-2)  # the comparison can fail
+    for a, b in zip(metrics(runs["ddp"]), metrics(runs["one"])):
+        assert a["step"] == b["step"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)  # over all ranks
+        assert a["val_accuracy"] == b["val_accuracy"]
+
+
+def test_a_student_under_torchrun_equals_one_process(runs) -> None:
+    out = runs["out"]
+    teacher = str(runs["one"])
+    ddp = torchrun(*STUDENT, "--teacher", teacher, "--output-dir", str(out / "sd"), "--name", "s")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single(*STUDENT, "--teacher", teacher, "--output-dir", str(out / "s1"), "--name", "s")
+    assert close(out / "sd" / "s", out / "s1" / "s")
+    ddp_soft = [m["train_soft"] for m in metrics(out / "sd" / "s")]
+    assert ddp_soft == pytest.approx([m["train_soft"] for m in metrics(out / "s1" / "s")],
+                                     rel=1e-4)
+
+
+def test_a_ddp_checkpoint_resumes_in_one_process_and_under_torchrun(runs) -> None:
+    """Rank 0 is SIGKILLed right after its 2nd checkpoint (step 14, mid-epoch 1); the run
+    then finishes in one process, or under torchrun again, equal to the uninterrupted run."""
+    out = runs["out"]
+    for name in ("kill-a", "kill-b"):
+        killed = torchrun(*TEACH, "--output-dir", str(out / "k"), "--name", name,
+                          env={KILL_AFTER_SAVE_ENV: "2"})
+        assert killed.returncode != 0
+        assert (out / "k" / name / LAST).is_file()
+        assert not (out / "k" / name / "summary.json").exists()
+    single("teach", "--resume", str(out / "k" / "kill-a"), "-q", "--wandb", "disabled")
+    again = torchrun("teach", "--resume", str(out / "k" / "kill-b"), "-q", "--wandb", "disabled")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name, world in (("kill-a", 1), ("kill-b", 2)):
+        run = out / "k" / name
+        assert close(run, runs["one"]), name
+        resumed = json.loads((run / "summary.json").read_text())["resumes"]
+        assert [(r["step"], r["world_size"]) for r in resumed] == [(14, world)]
+        for a, b in zip(metrics(run), metrics(runs["one"])):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4), name
