@@ -321,7 +321,8 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
         raise DistillError(f"--mode batched: {problem}; use --mode sequential")
     chosen = "sequential" if mode == "sequential" or problem else "batched"
     if problem:
-        console.print(f"sweep: sequential mode, because {problem}", markup=False)
+        console.print(f"sweep: sequential mode, because {problem}", markup=False,
+                      soft_wrap=True)
     info = sweep_info(base, cells, teacher_dir or "", chosen)
     if base.student.baseline:
         info["baseline_test_accuracy"] = read_baseline(base.student.baseline)["test"]["accuracy"]
@@ -330,7 +331,8 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json(sweep_dir / SWEEP_FILE, info)
     dump_recipe(base, sweep_dir / "recipe.yaml")
-    console.print(f"sweep folder: {sweep_dir} ({len(cells)} students, {chosen})", markup=False)
+    console.print(f"sweep folder: {sweep_dir} ({len(cells)} students)", markup=False,
+                  soft_wrap=True)
 
     common = {"output_dir": str(sweep_dir), "wandb.group": sweep_name}
     if teacher_dir:
@@ -351,7 +353,12 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     if chosen == "batched":  # cells interrupted with a checkpoint resume one by one
         resumable = [c for c in todo if (sweep_dir / c.name).exists() and c.name not in in_chunks]
         fresh = [c for c in todo if c not in resumable]
-        todo = resumable + train_batched(base, common, fresh, sweep_dir, chunk_size, console)
+        left = train_batched(base, common, fresh, sweep_dir, chunk_size, console,
+                             auto=mode == "auto")
+        if fresh and len(left) == len(fresh):  # auto found batching slower here
+            info["mode"] = "sequential"
+            write_json(sweep_dir / SWEEP_FILE, info)
+        todo = resumable + left
     for i, cell in enumerate(todo, 1):
         run = sweep_dir / cell.name
         start = time.perf_counter()

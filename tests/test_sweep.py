@@ -354,3 +354,22 @@ def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher)
                               if k not in ("epoch_seconds", "images_per_second")}
                              for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert strip(tmp_path / "whole" / cell) == strip(tmp_path / "killed" / cell)
+
+
+def test_auto_mode_trains_large_students_one_by_one_on_a_cpu(tmp_path, teacher) -> None:
+    """190K-parameter students on a CPU: auto picks sequential (measured faster there) and
+    says why; --mode batched still batches them."""
+    big = {**STUDENT, "student.model.hidden_sizes": [400, 400], "student.epochs": 1,
+           "output_dir": str(tmp_path), "student.teacher": str(teacher)}
+    result = runner.invoke(app, ["sweep", "--T", "2,4", "--alpha", "0.5", "--name", "auto",
+                                 *[f"--set={k}={json.dumps(v)}" for k, v in big.items()],
+                                 "--wandb", "disabled"])
+    assert result.exit_code == 0, result.output
+    assert ("sweep: sequential mode, because on a CPU students of 190,410 parameters train "
+            "faster one by one") in " ".join(result.stderr.split())
+    assert json.loads((tmp_path / "auto" / "sweep.json").read_text())["mode"] == "sequential"
+    forced = api.sweep(overrides=big, Ts=[2.0, 4.0], alphas=[0.5], seeds=[0], mode="batched",
+                       name="forced", quiet=True)
+    assert json.loads((forced.sweep_dir / "sweep.json").read_text())["mode"] == "batched"
+    assert all(close(tmp_path / "auto" / c, forced.sweep_dir / c)
+               for c in ("T2-a0.5-s0", "T4-a0.5-s0"))

@@ -1,0 +1,145 @@
+"""Keep the reproduction tables of docs/RESULTS.md in step with the per-run summaries.
+
+    python docs/results/results.py add outputs/<run> --experiment mnist_hinton \\
+        --variant distilled --command "distill student --recipe mnist_hinton ..."
+    python docs/results/results.py tables          # rewrites the tables in docs/RESULTS.md
+
+``add`` copies the few numbers a table needs from a finished run's ``summary.json`` (and its
+``environment.json``) into ``docs/results/<experiment>/<variant>-s<seed>.json``: never
+weights. ``tables`` groups them per experiment into teacher / baseline / distilled rows (mean
+and standard deviation over seeds, the paired per-seed difference distilled minus baseline)
+beside the published figures, and replaces the text between the ``<!-- tables -->`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS_MD = HERE.parent / "RESULTS.md"
+START, END = "<!-- tables:start -->", "<!-- tables:end -->"
+VARIANTS = ("teacher", "baseline", "distilled")
+
+# how each experiment is reported, and the published figures beside it
+EXPERIMENTS = {
+    "mnist_hinton": {
+        "title": "MNIST, Hinton et al. 2015 (test errors out of 10000, lower is better)",
+        "unit": "errors",
+        "published": {"teacher": "67", "baseline": "146", "distilled": "74"},
+    },
+    "cifar10_jpeg_resnet": {
+        "title": "CIFAR-10 (JPEG q75), ResNet-56 -> ResNet-20 (test accuracy %)",
+        "unit": "accuracy",
+        "published": {"teacher": "~93 (original images)", "baseline": "~91 (original)",
+                      "distilled": "~91.5 (original)"},
+    },
+}
+
+
+def add(run: Path, experiment: str, variant: str, command: str, results: Path = HERE) -> Path:
+    """Store one finished run's figures; returns the JSON file written."""
+    summary = json.loads((run / "summary.json").read_text())
+    env_path = run / "environment.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    record = {
+        "experiment": experiment, "variant": variant, "run": summary["run"],
+        "seed": summary["seed"], "epochs": summary["epochs"],
+        "test_accuracy": summary["test"]["accuracy"], "test_errors": summary["test"]["errors"],
+        "n_test": summary["test"]["n"], "wall_seconds": summary["wall_seconds"],
+        "kd": summary.get("kd"), "best_on_val": summary.get("best_on_val"),
+        "device": env.get("device"), "gpu": env.get("gpu"), "git_commit": env.get("git_commit"),
+        "command": command,
+    }
+    out = results / experiment / f"{variant}-s{summary['seed']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    return out
+
+
+def load(results: Path = HERE) -> dict[str, list[dict]]:
+    """Every stored record, per experiment."""
+    found: dict[str, list[dict]] = {}
+    for path in sorted(results.glob("*/*.json")):
+        record = json.loads(path.read_text())
+        found.setdefault(record["experiment"], []).append(record)
+    return found
+
+
+def _value(record: dict, unit: str) -> float:
+    return record["test_errors"] if unit == "errors" else 100 * record["test_accuracy"]
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "not measured"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f} (n={len(values)})"
+
+
+def table(experiment: str, records: list[dict]) -> str:
+    """One experiment's Markdown table, with the paired difference and the runs' details."""
+    spec = EXPERIMENTS[experiment]
+    unit = spec["unit"]
+    by = {v: {r["seed"]: r for r in records if r["variant"] == v} for v in VARIANTS}
+    lines = [f"### {spec['title']}", "",
+             "| | mean ± std over seeds | per seed | published |", "|---|---|---|---|"]
+    for v in VARIANTS:
+        values = [_value(r, unit) for _, r in sorted(by[v].items())]
+        per_seed = ", ".join(f"s{s}: {_value(r, unit):g}" for s, r in sorted(by[v].items()))
+        lines.append(f"| {v} | {_mean_std(values)} | {per_seed or '-'} | "
+                     f"{spec['published'][v]} |")
+    paired = sorted(set(by["baseline"]) & set(by["distilled"]))
+    diffs = [_value(by["distilled"][s], unit) - _value(by["baseline"][s], unit) for s in paired]
+    lines.append(f"| distilled - baseline (paired) | {_mean_std(diffs)} | "
+                 + (", ".join(f"s{s}: {d:+.2f}" for s, d in zip(paired, diffs)) or "-")
+                 + " | |")
+    lines += ["", "| run | seed | epochs | T | alpha | wall (s) | device | command |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (VARIANTS.index(r["variant"]), r["seed"])):
+        kd = r.get("kd") or {}
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['epochs']} | {kd.get('T', '-')} | "
+                     f"{kd.get('alpha', '-')} | {r['wall_seconds']:.0f} | "
+                     f"{r.get('gpu') or r.get('device') or '?'} | `{r['command']}` |")
+    return "\n".join(lines)
+
+
+def tables(results: Path = HERE, markdown: Path = RESULTS_MD) -> str:
+    """Rewrite the block between the markers of ``markdown``; returns the new block."""
+    found = load(results)
+    parts = []
+    for experiment in EXPERIMENTS:
+        if experiment in found:
+            parts.append(table(experiment, found[experiment]))
+        else:
+            parts.append(f"### {EXPERIMENTS[experiment]['title']}\n\nNot measured yet.")
+    block = "\n\n".join(parts)
+    text = markdown.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{markdown}: the markers {START} and {END} are missing")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    markdown.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+    return block
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("add", help="store a finished run's figures")
+    a.add_argument("run", type=Path)
+    a.add_argument("--experiment", required=True, choices=sorted(EXPERIMENTS))
+    a.add_argument("--variant", required=True, choices=VARIANTS)
+    a.add_argument("--command", required=True, help="the exact command that made the run")
+    sub.add_parser("tables", help="rewrite the tables in docs/RESULTS.md")
+    args = p.parse_args()
+    if args.cmd == "add":
+        print(add(args.run, args.experiment, args.variant, args.command))
+    else:
+        print(tables())
+
+
+if __name__ == "__main__":
+    main()

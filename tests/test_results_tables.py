@@ -1,0 +1,54 @@
+"""docs/results/results.py: per-run figures in, the RESULTS.md tables out."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def results_module():
+    spec = importlib.util.spec_from_file_location("results", ROOT / "docs/results/results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_run(root: Path, name: str, seed: int, errors: int, kd=None) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    summary = {"run": name, "seed": seed, "epochs": 60, "wall_seconds": 100.0,
+               "test": {"accuracy": 1 - errors / 10000, "errors": errors, "n": 10000}}
+    if kd:
+        summary["kd"] = kd
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "environment.json").write_text(json.dumps({"device": "cuda", "gpu": "H100"}))
+    return run
+
+
+def test_tables_from_stored_runs(tmp_path) -> None:
+    r = results_module()
+    store = tmp_path / "results"
+    errors = {"teacher": [70, 72, 74], "baseline": [140, 150, 145],
+              "distilled": [80, 84, 82]}
+    for variant, values in errors.items():
+        for seed, e in enumerate(values):
+            kd = {"T": 20, "alpha": 0.9} if variant == "distilled" else None
+            run = fake_run(tmp_path / "runs", f"{variant}-{seed}", seed, e, kd)
+            r.add(run, "mnist_hinton", variant, f"distill ... {variant}", store)
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"intro\n{r.START}\nold\n{r.END}\noutro\n")
+    block = r.tables(store, md)
+    text = md.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "| teacher | 72.00 ± 2.00 (n=3) | s0: 70, s1: 72, s2: 74 | 67 |" in block
+    assert "| baseline | 145.00 ± 5.00 (n=3) |" in block
+    # paired per seed: 80-140, 84-150, 82-145
+    assert ("| distilled - baseline (paired) | -63.00 ± 3.00 (n=3) | "
+            "s0: -60.00, s1: -66.00, s2: -63.00 | |") in block
+    assert "| distilled | 0 | 60 | 20 | 0.9 | 100 | H100 | `distill ... distilled` |" in block
+    assert "Not measured yet." in block  # the CIFAR experiment has no runs
+    stored = json.loads((store / "mnist_hinton" / "teacher-s1.json").read_text())
+    assert stored["test_errors"] == 72 and "weights" not in json.dumps(stored)
