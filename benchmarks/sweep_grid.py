@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=1)
     p.add_argument("--subset", type=int, default=None, help="training images kept")
     p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--val-size", type=float, default=None, help="override data.val_size")
     p.add_argument("--grid", default="5x5", help="5x5 (T x alpha) or 3x3")
     p.add_argument("--device", default="auto")
     p.add_argument("--chunk-size", type=int, default=None)
@@ -70,6 +71,8 @@ def main() -> None:
                  "data.subset": args.subset, "data.test_subset": args.test_subset}
     if args.data_dir:
         overrides["data.data_dir"] = args.data_dir
+    if args.val_size is not None:
+        overrides["data.val_size"] = args.val_size
     if args.dataset:
         overrides["data.name"] = args.dataset
     recipe = api.as_recipe(args.recipe, overrides)

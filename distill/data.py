@@ -38,6 +38,7 @@ from distill.recipe import DataConfig
 DATA_DIR_ENV = "DISTILL_DATA_DIR"
 _TEST_CARVE_SEED = 2015  # fixed: a carved test split never depends on a user seed
 _TEST_CARVE_FRACTION = 0.2
+_SUBSET_SEED = 2016  # fixed: data.subset / test_subset draw the same images for every seed
 
 
 @dataclass(frozen=True)
@@ -194,9 +195,9 @@ def load_data(cfg: DataConfig) -> DataBundle:
     if val is None:
         train, val = carve(train, cfg.val_size, cfg.data_seed)
     if cfg.subset is not None:
-        train = Split(train.images[:cfg.subset], train.labels[:cfg.subset])
+        train = take(train, cfg.subset)
     if cfg.test_subset is not None:
-        test = Split(test.images[:cfg.test_subset], test.labels[:cfg.test_subset])
+        test = take(test, cfg.test_subset)
     for split_name, split in (("train", train), ("val", val), ("test", test)):
         if split is not None:
             _check_split(name, split_name, split, info.num_classes)
@@ -204,6 +205,16 @@ def load_data(cfg: DataConfig) -> DataBundle:
                    "test": len(test), "data_seed": cfg.data_seed, "subset": cfg.subset,
                    "in_shape": list(info.in_shape), "num_classes": info.num_classes}
     return DataBundle(info, train, val, test, description)
+
+
+def take(split: Split, n: int) -> Split:
+    """``n`` images drawn at random (a fixed draw, independent of every seed), kept in their
+    stored order: a class-sorted ImageFolder keeps every class, not the first ones."""
+    if n >= len(split):
+        return split
+    gen = torch.Generator().manual_seed(_SUBSET_SEED)
+    idx = torch.randperm(len(split), generator=gen)[:n].sort().values
+    return Split(split.images[idx], split.labels[idx])
 
 
 def carve(split: Split, val_size: float, data_seed: int) -> tuple[Split, Split | None]:

@@ -42,8 +42,8 @@ class DataConfig(_Strict):
     download: bool = True  # try torchvision's download when files are missing
     val_size: float = Field(0.1, ge=0)  # fraction of train if < 1, a count if >= 1; 0 = none
     data_seed: int = 0  # fixes the validation split and the order of batches in every epoch
-    subset: int | None = Field(None, ge=1)  # keep only this many training images (smoke tests)
-    test_subset: int | None = Field(None, ge=1)  # keep only this many test images
+    subset: int | None = Field(None, ge=1)  # keep this many training images (a fixed draw)
+    test_subset: int | None = Field(None, ge=1)  # keep this many test images (a fixed draw)
     image_size: int | None = Field(None, ge=8)  # resize ImageFolder images to this square size
 
 
