@@ -336,6 +336,18 @@ def _conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
+class GlobalAvgPool(nn.Module):
+    """``[N, C, H, W]`` -> ``[N, C, 1, 1]``, the mean over H and W.
+
+    The same as ``nn.AdaptiveAvgPool2d(1)``, written as a mean because ``torch.func.vmap``
+    (batched sweeps) has a batching rule for it, while adaptive pooling's backward falls
+    back to a slow per-student loop.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 @register_model("cnn", "small 3-block conv net (conv-BN-ReLU-maxpool) for 28x28/32x32 images")
 def _build_cnn(in_shape: InShape, num_classes: int, *, width: int = 32, dropout: float = 0.0) -> nn.Module:
     """Three conv blocks (width, 2*width, 4*width channels), global average pool, dropout, Linear.
@@ -349,7 +361,7 @@ def _build_cnn(in_shape: InShape, num_classes: int, *, width: int = 32, dropout:
     blocks = [_conv_block(channels[i], channels[i + 1]) for i in range(3)]
     return nn.Sequential(
         *blocks,
-        nn.AdaptiveAvgPool2d(1),
+        GlobalAvgPool(),
         nn.Flatten(),
         nn.Dropout(p),
         nn.Linear(channels[-1], num_classes),
@@ -408,7 +420,7 @@ class CifarResNet(nn.Module):
         self.layer1 = self._stage(filters[0], filters[1], n, stride=1)
         self.layer2 = self._stage(filters[1], filters[2], n, stride=2)
         self.layer3 = self._stage(filters[2], filters[3], n, stride=2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.fc = nn.Linear(filters[3], num_classes)
         self._init_weights()
 
