@@ -96,7 +96,7 @@ def main() -> None:
                       getattr(cfg, "T", 1.0), getattr(cfg, "alpha", 0.0), device,
                       optimizer="adam" if "adam" in cfg.optim.name else "sgd",
                       momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                      cosine=cfg.optim.schedule == "cosine")
+                      lr_lambda=ref.schedule(cfg, len(train_loader)))
         ref_result[f"{role}_seconds"] = r.seconds
         ref_result[f"{role}_test"] = r.test_accuracy
     results["reference"] = ref_result

@@ -76,9 +76,11 @@ class ReferenceResult:
 def train(model: nn.Module, teacher: nn.Module | None, train_loader: DataLoader,
           test_loader: DataLoader, epochs: int, lr: float, T: float, alpha: float,
           device: torch.device, optimizer: str = "adam", momentum: float = 0.9,
-          weight_decay: float = 0.0, cosine: bool = True) -> ReferenceResult:
-    """Train ``model`` (a teacher when ``teacher`` is None), with a per-step cosine schedule
-    or a constant learning rate."""
+          weight_decay: float = 0.0,
+          lr_lambda: Callable[[int], float] | None = None) -> ReferenceResult:
+    """Train ``model`` (a teacher when ``teacher`` is None). ``lr_lambda(step)`` multiplies
+    the learning rate per step (default: cosine over the run); benchmarks pass the recipe's
+    schedule so both sides train with the same hyperparameters."""
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
@@ -88,8 +90,8 @@ def train(model: nn.Module, teacher: nn.Module | None, train_loader: DataLoader,
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True,
                               weight_decay=weight_decay)
     steps = epochs * len(train_loader)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine
-             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    sched = (torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda) if lr_lambda is not None
+             else torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps))
     images = 0
     start = time.perf_counter()
     for _ in range(epochs):
@@ -119,3 +121,12 @@ def accuracy(model: nn.Module, test_loader: DataLoader, device: torch.device) ->
         total += y.shape[0]
     model.train()
     return correct / total
+
+
+def schedule(cfg, steps_per_epoch: int) -> Callable[[int], float]:
+    """The recipe role's learning-rate multiplier per step (warmup, cosine/step/none): a
+    hyperparameter both sides share, taken from ``distill.optim`` so they cannot drift."""
+    from distill.optim import lr_factor
+
+    total = steps_per_epoch * cfg.epochs
+    return lambda step: lr_factor(step, total, steps_per_epoch, cfg.optim)

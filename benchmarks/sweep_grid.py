@@ -120,7 +120,7 @@ def reference(recipe, teacher_run: Path, Ts, alphas, device) -> dict:
                           cfg.optim.lr, T, alpha, device,
                           optimizer="adam" if "adam" in cfg.optim.name else "sgd",
                           momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                          cosine=cfg.optim.schedule == "cosine")
+                          lr_lambda=ref.schedule(cfg, len(train_loader)))
             accs.append(r.test_accuracy)
             print(f"  reference T {T:g} alpha {alpha:g}: {r.seconds:.1f} s train, test "
                   f"{100 * r.test_accuracy:.2f}%", flush=True)
