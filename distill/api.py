@@ -191,7 +191,7 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     loop = LoopConfig(cfg.epochs, cfg.batch_size, recipe.data.data_seed,
                       T=getattr(cfg, "T", 1.0), alpha=getattr(cfg, "alpha", 0.0),
                       label_smoothing=cfg.label_smoothing, grad_clip=cfg.optim.grad_clip,
-                      world=world, augment=build_augment(cfg.augment), amp=amp,
+                      max_norm=cfg.optim.max_norm, world=world, augment=build_augment(cfg.augment), amp=amp,
                       channels_last=channels_last)
     job_type = "teach" if role == "teacher" else "student"
     tracking = recipe.wandb if main else recipe.wandb.model_copy(update={"mode": "disabled"})

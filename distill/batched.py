@@ -49,6 +49,8 @@ def batching_problem(recipe: Recipe) -> str | None:
     cfg = recipe.student
     if cfg.optim.grad_clip is not None:
         return "gradient clipping needs a per-student norm, which batched mode does not do"
+    if cfg.optim.max_norm is not None:
+        return "the max-norm weight constraint is not applied in batched mode"
     if (cfg.model.dropout or 0) > 0 or (cfg.model.input_dropout or 0) > 0:
         return "the student uses dropout, whose masks would differ from a student trained alone"
     return None

@@ -247,9 +247,18 @@ def _check_split(dataset: str, split_name: str, split: Split, num_classes: int) 
 
 
 def _stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images [N, C, H, W] scaled to [0, 1]."""
-    x = images.float().div(255.0).transpose(0, 1).reshape(images.shape[1], -1)
-    return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-6).tolist())
+    """Per-channel mean and (unbiased) std of uint8 images [N, C, H, W] scaled to [0, 1],
+    exactly, from the 256-bin histogram of each channel (no float copy of the images)."""
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1).long(), minlength=256).double()
+        n = counts.sum()
+        mean = (counts * values).sum() / n
+        var = (counts * (values - mean) ** 2).sum() / max(n - 1, 1)
+        means.append(mean.item())
+        stds.append(max(var.sqrt().item(), 1e-6))
+    return tuple(means), tuple(stds)
 
 
 def _info(name: str, images: Tensor, class_names: list[str]) -> DataInfo:
@@ -473,16 +482,19 @@ def _read_image_folder(folder: Path, classes: list[str] | None, size: int | None
     classes = classes or found
     if found != classes:
         raise DataError(f"{folder}: class folders {found} differ from train/'s {classes}")
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
-    items = [(p, label) for label, c in enumerate(classes)
-             for p in sorted((folder / c).iterdir()) if p.suffix.lower() in exts]
-    if not items:
-        raise DataError(f"{folder}: no images found in its class folders")
+    exts = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
     h = hashlib.sha256(json.dumps([_IMAGEFOLDER_CACHE_FORMAT, str(folder.resolve()), size,
                                    classes]).encode())
-    for path, label in items:
-        st = path.stat()
-        h.update(f"{path.name}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    items = []
+    for label, c in enumerate(classes):  # os.scandir: 60000 files listed in a fraction of a s
+        with os.scandir(folder / c) as entries:
+            files = sorted((e.name, e) for e in entries if e.name.lower().endswith(exts))
+        for name, entry in files:
+            st = entry.stat()
+            h.update(f"{name}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            items.append((os.path.join(folder, c, name), label))
+    if not items:
+        raise DataError(f"{folder}: no images found in its class folders")
     cached = cache_dir() / "imagefolder" / f"{h.hexdigest()[:24]}.safetensors"
     if cached.is_file():
         try:
@@ -510,14 +522,14 @@ def _write_cache(path: Path, tensors: dict[str, Tensor]) -> None:
         pass
 
 
-def _decode_images(folder: Path, items: list[tuple[Path, int]], size: int | None
+def _decode_images(folder: Path, items: list[tuple[str, int]], size: int | None
                    ) -> tuple[Tensor, Tensor]:
     """Decode ``items`` (path, label) with a thread pool into uint8 [N, C, H, W], int64 [N]."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
 
-    def decode(item: tuple[Path, int]) -> np.ndarray:
+    def decode(item: tuple[str, int]) -> np.ndarray:
         path = item[0]
         try:
             with Image.open(path) as img:

@@ -38,6 +38,7 @@ class LoopConfig:
     alpha: float = 0.0
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    max_norm: float | None = None  # after each step, cap every unit's incoming weight norm
     world: World | None = None  # set under torchrun (distill/distributed.py)
     augment: BatchAugment | None = None  # training batches only (distill/augment.py)
     amp: bool = False  # bf16 autocast for the forward passes (the loss stays float32)
@@ -179,9 +180,21 @@ def train_step(state: TrainState, x: Tensor, y: Tensor, cfg: LoopConfig,
     if cfg.grad_clip is not None:
         nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
     state.optimizer.step()
+    if cfg.max_norm is not None:
+        apply_max_norm(state.model, cfg.max_norm)
     state.scheduler.step()
     state.step += 1
     return {k: v.detach() for k, v in parts.items()}
+
+
+@torch.no_grad()
+def apply_max_norm(model: nn.Module, max_norm: float) -> None:
+    """Rescale each row of every Linear weight ``[out, in]`` (one unit's incoming weights) to
+    an L2 norm of at most ``max_norm`` (the max-norm constraint of Srivastava et al. 2014,
+    used with dropout by Hinton et al.)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.copy_(torch.renorm(module.weight, p=2, dim=0, maxnorm=max_norm))
 
 
 def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTeacher | None,

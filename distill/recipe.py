@@ -80,6 +80,7 @@ class OptimConfig(_Strict):
     step_epochs: int = Field(30, ge=1)  # step schedule: multiply lr by gamma every step_epochs
     gamma: float = Field(0.1, gt=0, le=1)
     grad_clip: float | None = Field(None, gt=0)  # clip the global gradient norm
+    max_norm: float | None = Field(None, gt=0)  # cap each unit's incoming weight L2 norm
 
 
 class AugmentConfig(_Strict):

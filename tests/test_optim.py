@@ -185,3 +185,24 @@ def test_scheduler_drives_the_learning_rate_per_step() -> None:
     assert lrs[0] == pytest.approx(0.01)
     assert lrs[5] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lrs == sorted(lrs, reverse=True)
+
+
+def test_max_norm_caps_every_units_incoming_weights(tmp_path) -> None:
+    """With optim.max_norm every Linear row ends at norm <= the cap; without it, the same
+    run has rows above it (so the check can fail)."""
+    import distill.api as api
+
+    def row_norms(run) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(run.run_dir / "model.safetensors"))
+        return torch.cat([w.norm(dim=1) for k, w in weights.items()
+                          if k.endswith("weight") and w.ndim == 2])
+
+    common = {"teacher.epochs": 2, "teacher.model.dropout": 0.0, "output_dir": str(tmp_path)}
+    capped = api.teach(overrides={**common, "teacher.optim.max_norm": 0.8}, quiet=True,
+                       wandb="disabled")
+    free = api.teach(overrides=common, quiet=True, wandb="disabled")
+    assert row_norms(capped).max() <= 0.8 + 1e-5
+    assert row_norms(free).max() > 0.8
+    assert capped.summary["test"]["accuracy"] > 0.8

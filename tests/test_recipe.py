@@ -138,7 +138,7 @@ def test_shipped_mnist_hinton() -> None:
     assert r.student.model.dropout is None  # not inherited from anywhere
     assert r.student.T == 20.0
     assert r.student.alpha == 0.9
-    assert r.student.epochs == 60
+    assert r.student.epochs == 100
 
 
 def test_shipped_cifar10_resnet() -> None:
