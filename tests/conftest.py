@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,8 +13,10 @@ import pytest
 # also for module-scoped fixtures, which run before the function-scoped one below
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["WANDB_SILENT"] = "true"
-# decoded-dataset caches go to a fresh folder, never the user's ~/.cache/distill
+# decoded-dataset caches go to a fresh folder, never the user's ~/.cache/distill, and the
+# folder goes when the session ends
 os.environ["DISTILL_CACHE_DIR"] = tempfile.mkdtemp(prefix="distill-test-cache-")
+atexit.register(shutil.rmtree, os.environ["DISTILL_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
