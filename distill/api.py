@@ -27,7 +27,7 @@ from distill.augment import build_augment
 from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, check_resumable, check_same_teacher, clean_stale,
                                 resume_folder, set_deterministic, set_rng_state)
 from distill.data import DataBundle, load_data, num_batches
-from distill.distributed import World, check_batch, teardown, wrap
+from distill.distributed import World, check_batch, seed_rank, teardown, wrap
 from distill.distributed import setup as dist_setup
 from distill.engine import (LoopConfig, TrainState, fit, predict, resolve_device,
                             resolve_precision)
@@ -40,6 +40,7 @@ from distill.recipe import (Recipe, RoleConfig, apply_overrides, dump_recipe, lo
 from distill.report import comparison_table, plot_confusion_matrix, plot_learning_curves
 from distill.teacher import (SUMMARY, WEIGHTS, FrozenTeacher, file_sha256, load_teacher,
                              read_summary, teacher_location)
+from distill.teacher_cache import MAX_BYTES as CACHE_MAX_BYTES
 from distill.teacher_cache import teacher_logits
 from distill.tracking import (METRICS, MetricsLog, Tracker, create_run_dir, environment, now_iso,
                               require_wandb, resolve_mode, write_json)
@@ -185,6 +186,7 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     resumes = []
     if checkpoint is not None:
         resumes = _restore(state, checkpoint, device, console, world)
+    seed_rank(world, recipe.seed, state.step)  # other ranks draw their own dropout masks
     log = MetricsLog(run_dir / METRICS) if main else None
     if log is not None and checkpoint is not None:
         log.truncate_after(state.epoch)  # epochs logged after the checkpoint run again
@@ -290,7 +292,8 @@ def prepare_teacher(teacher: FrozenTeacher, source, data: DataBundle, recipe: Re
         return None
     cached = teacher_logits(teacher, source, data, Path(recipe.output_dir), console=console,
                             write=write)
-    if not recipe.student.augment.active():  # augmented batches need the teacher's forward
+    small = cached.train.numel() * 4 <= CACHE_MAX_BYTES  # else the teacher runs per batch
+    if small and not recipe.student.augment.active():  # augmented batches need its forward
         teacher.use_cached(cached.train.to(data.train.images.device))
     return TeacherEvaluation(cached.test, cached.figures)
 

@@ -11,7 +11,8 @@ Operations (each off unless the recipe's ``augment`` section turns it on), in th
 - ``rotation: D``: a rotation by an angle uniform in [-D, D] degrees about the centre
   (bilinear, zero fill; positive angles turn counter-clockwise, as in torchvision).
 - ``color_jitter: s``: brightness, contrast and saturation factors uniform in [1-s, 1+s]
-  (saturation for 3-channel images only), as in torchvision's ``ColorJitter``.
+  (saturation for 3-channel images only), applied in that fixed order (torchvision's
+  ``ColorJitter`` shuffles the order per image).
 
 Randomness is a function of ``(data_seed, epoch, batch)`` alone, through a generator seeded
 per batch, never the global RNG: every student of a sweep, a resumed run and each rank of a
@@ -84,8 +85,11 @@ def rotate(x: Tensor, degrees: Tensor) -> Tensor:
     theta = degrees * (math.pi / 180.0)
     cos, sin = theta.cos(), theta.sin()
     zero = torch.zeros_like(cos)
-    matrix = torch.stack([torch.stack([cos, -sin, zero], 1),
-                          torch.stack([sin, cos, zero], 1)], 1)  # [B, 2, 3]
+    H, W = x.shape[-2:]
+    # in affine_grid's coordinates (each axis scaled to [-1, 1]) a rotation of pixels is
+    # [[cos, -sin H/W], [sin W/H, cos]]; without the ratios a non-square image is sheared
+    matrix = torch.stack([torch.stack([cos, -sin * (H / W), zero], 1),
+                          torch.stack([sin * (W / H), cos, zero], 1)], 1)  # [B, 2, 3]
     grid = F.affine_grid(matrix, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -117,4 +121,4 @@ def build_augment(cfg: AugmentConfig) -> BatchAugment | None:
 
 def batch_seed(data_seed: int, epoch: int, batch: int) -> int:
     """The augmentation seed of one global batch (a function of the data order only)."""
-    return (data_seed * 1_000_003 + epoch) * 1_000_033 + batch + 7
+    return ((data_seed * 1_000_003 + epoch) * 1_000_033 + batch + 7) % (1 << 62)

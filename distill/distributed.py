@@ -106,3 +106,10 @@ def reduce_sums(sums: dict[str, Tensor], seen: int, world: World) -> tuple[dict[
         packed.zero_()
     values = {k: v.float() for k, v in zip(sums, packed[:-1].unbind())}
     return values, int(round(packed[-1].item()))
+
+
+def seed_rank(world: World | None, seed: int, step: int) -> None:
+    """Give every rank but 0 its own random stream (dropout masks), derived from the seed, the
+    rank and the step it starts at; rank 0 keeps the single-process stream."""
+    if world is not None and world.rank > 0:
+        torch.manual_seed((seed * 1_000_003 + world.rank * 7919 + step) % (1 << 62))

@@ -88,7 +88,7 @@ class AugmentConfig(_Strict):
     (``distill/augment.py``). Evaluation never augments. All off by default."""
 
     jitter: int = Field(0, ge=0)  # random translation by up to N pixels (zero fill)
-    crop_padding: int = Field(0, ge=0)  # random crop after padding N pixels (reflect)
+    crop_padding: int = Field(0, ge=0)  # random crop after padding N pixels (zero fill)
     flip: bool = False  # random horizontal flip (not for digits!)
     rotation: float = Field(0.0, ge=0, le=180)  # random rotation in [-deg, +deg]
     color_jitter: float = Field(0.0, ge=0, lt=1)  # brightness/contrast/saturation in 1 +- x

@@ -324,6 +324,8 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
         console.print(f"sweep: sequential mode, because {problem}", markup=False,
                       soft_wrap=True)
     info = sweep_info(base, cells, teacher_dir or "", chosen)
+    if mode == "auto" and (sweep_dir / SWEEP_FILE).is_file():  # a re-run keeps what auto chose
+        info["mode"] = json.loads((sweep_dir / SWEEP_FILE).read_text()).get("mode", chosen)
     if base.student.baseline:
         info["baseline_test_accuracy"] = read_baseline(base.student.baseline)["test"]["accuracy"]
     info["teacher_test_accuracy"] = teacher_acc

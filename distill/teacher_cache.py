@@ -10,10 +10,12 @@ Where: ``<teacher run>/teacher-logits/<key>.safetensors`` for a teacher run fold
 ``<output_dir>/teacher-logits/`` for a bare weights file. The key hashes everything the
 logits depend on: the teacher's weights (sha256) and model spec, the dataset (name,
 description, and the bytes of every split's images and labels), the preprocessing
-(normalisation constants, input shape) and the precision of the forward pass. Change any of
-them and the key changes, so a stale file is never read. A teacher without a weights hash
-(``timm:<name>``) is not cached.
+(normalisation constants, input shape) and the device type the teacher ran on (its cost
+profile's latency is that device's). Change any of them and the key changes, so a stale file
+is never read. A teacher without a weights hash (``timm:<name>``) is not cached.
 
+The logits are computed in float32 (no autocast): with bf16 autocast on (the GPU default) a
+student reading them gets more precise teacher logits than a live bf16 forward would give.
 The teacher's test figures (metrics and cost profile) are stored beside the logits, so a
 student whose teacher is cached runs the teacher's forward zero times.
 """
@@ -50,13 +52,13 @@ class TeacherLogits:
     computed: bool  # True when the teacher ran to produce them, False when read from disk
 
 
-def cache_key(source: TeacherSource, data: DataBundle, precision: str = "float32") -> str:
+def cache_key(source: TeacherSource, data: DataBundle, device: str = "cpu") -> str:
     """A hex key of everything the logits depend on (see the module docstring)."""
     h = hashlib.sha256()
     meta = {"format": FORMAT, "teacher_sha256": source.sha256, "teacher_model": source.model,
             "dataset": data.info.name, "description": data.description,
             "mean": list(data.info.mean), "std": list(data.info.std),
-            "in_shape": list(data.info.in_shape), "precision": precision}
+            "in_shape": list(data.info.in_shape), "precision": "float32", "device": device}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for split in (data.train, data.val, data.test):
         if split is None:
@@ -77,13 +79,13 @@ def cache_folder(source: TeacherSource, output_dir: Path) -> Path | None:
 
 
 def teacher_logits(teacher: FrozenTeacher, source: TeacherSource, data: DataBundle,
-                   output_dir: Path, precision: str = "float32", console=None,
-                   write: bool = True) -> TeacherLogits:
+                   output_dir: Path, console=None, write: bool = True) -> TeacherLogits:
     """The teacher's logits over ``data`` (on the teacher's device): read from the cache when
     the key matches, else computed once and stored atomically (unless ``write`` is False:
     the other ranks of a torchrun job)."""
     folder = cache_folder(source, output_dir)
-    path = folder / f"{cache_key(source, data, precision)}.safetensors" if folder else None
+    device = data.train.images.device.type
+    path = folder / f"{cache_key(source, data, device)}.safetensors" if folder else None
     if path is not None and path.is_file():
         cached = _read(path)
         if cached is not None:

@@ -97,3 +97,21 @@ def test_training_batches_are_augmented_and_evaluation_never(tmp_path, monkeypat
     assert len(calls) == 2 * num_batches(train, 64)  # training batches only
     assert sum(calls) == 2 * train
     assert run.summary["test"]["accuracy"] > 0.8
+
+
+def test_rotation_keeps_non_square_images_unsheared() -> None:
+    """A pixel 2 to the right of the centre of a 5 x 9 image, turned 90 degrees counter-
+    clockwise, lands 2 above the centre (distances kept in pixels, not in image fractions)."""
+    x = torch.zeros(1, 1, 5, 9)
+    x[0, 0, 2, 6] = 100.0
+    out = rotate(x, torch.tensor([90.0]))
+    assert out[0, 0, 0, 4] == pytest.approx(100.0, abs=1e-3)
+    assert out.sum() == pytest.approx(100.0, abs=1e-3)
+
+
+def test_augmentation_seed_never_overflows() -> None:
+    from distill.augment import batch_seed
+
+    aug = BatchAugment(AugmentConfig(jitter=1))
+    aug(dots(2), seed=batch_seed(20240101, 99, 1000))  # a large data_seed
+    assert 0 <= batch_seed(2**40, 10**6, 10**6) < 2**62

@@ -80,6 +80,7 @@ def test_torchrun_writes_one_run_folder(runs) -> None:
 def test_two_processes_equal_one_with_the_same_global_batch(runs) -> None:
     assert close(runs["ddp"], runs["one"])
     assert not close(runs["ddp"], runs["seed1"], atol=1e-2)  # the comparison can fail
+    assert len(metrics(runs["ddp"])) == len(metrics(runs["one"])) == 2
     for a, b in zip(metrics(runs["ddp"]), metrics(runs["one"])):
         assert a["step"] == b["step"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)  # over all ranks
@@ -116,5 +117,18 @@ def test_a_ddp_checkpoint_resumes_in_one_process_and_under_torchrun(runs) -> Non
         assert close(run, runs["one"]), name
         resumed = json.loads((run / "summary.json").read_text())["resumes"]
         assert [(r["step"], r["world_size"]) for r in resumed] == [(14, world)]
+        assert len(metrics(run)) == 2, name  # each epoch logged once
         for a, b in zip(metrics(run), metrics(runs["one"])):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4), name
+
+
+def test_ranks_other_than_0_draw_their_own_dropout_masks() -> None:
+    from distill.distributed import World, seed_rank
+
+    def draw(rank: int | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        seed_rank(None if rank is None else World(rank, 2, rank), seed=0, step=0)
+        return torch.rand(5)
+
+    assert torch.equal(draw(0), draw(None))  # rank 0 keeps the single-process stream
+    assert not torch.equal(draw(1), draw(0))

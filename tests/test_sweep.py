@@ -360,8 +360,9 @@ def test_auto_mode_trains_large_students_one_by_one_on_a_cpu(tmp_path, teacher) 
     """190K-parameter students on a CPU: auto picks sequential (measured faster there) and
     says why; --mode batched still batches them."""
     big = {**STUDENT, "student.model.hidden_sizes": [400, 400], "student.epochs": 1,
-           "output_dir": str(tmp_path), "student.teacher": str(teacher)}
+           "output_dir": str(tmp_path), "student.teacher": str(teacher), "device": "cpu"}
     result = runner.invoke(app, ["sweep", "--T", "2,4", "--alpha", "0.5", "--name", "auto",
+                                 "--device", "cpu",
                                  *[f"--set={k}={json.dumps(v)}" for k, v in big.items()],
                                  "--wandb", "disabled"])
     assert result.exit_code == 0, result.output

@@ -4,6 +4,7 @@ any change of teacher, data or preprocessing, and equal to running the teacher p
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,12 @@ def test_a_second_sweep_runs_the_teacher_zero_times(tmp_path, teachers, forwards
     api.student(overrides={**SMALL, "output_dir": str(tmp_path), "student.teacher": str(first)},
                 quiet=True)
     assert len(forwards) == 0
-    # the teacher's figures in the students' summaries still come from the teacher
-    assert again.rows[0]["test_accuracy"] == seq.rows[0]["test_accuracy"]
+    # the teacher's figures in the students' summaries are still the teacher's own
+    teacher_test = json.loads((first / "summary.json").read_text())["test"]
+    for sweep in (again, seq):
+        cell = json.loads((sweep.sweep_dir / "T2-a0.5-s0" / "summary.json").read_text())
+        assert cell["teacher"]["test"]["accuracy"] == teacher_test["accuracy"]
+        assert cell["teacher"]["test"]["nll"] == pytest.approx(teacher_test["nll"], rel=1e-5)
     # a changed teacher is a new key: computed again, into its own folder
     _sweep(tmp_path, other, "four")
     assert len(forwards) > 0
@@ -88,7 +93,7 @@ def test_the_cache_key_changes_with_teacher_data_and_preprocessing(teachers) -> 
     touched.train.images[0, 0, 0, 0] ^= 1  # one pixel of one training image
     keys = {cache_key(other_teacher, data), cache_key(source, other_split),
             cache_key(source, other_subset), cache_key(source, shifted),
-            cache_key(source, touched), cache_key(source, data, precision="bfloat16")}
+            cache_key(source, touched), cache_key(source, data, device="cuda")}
     assert key not in keys and len(keys) == 6
 
 
@@ -145,3 +150,15 @@ def test_the_cache_can_be_turned_off(tmp_path, teachers, forwards) -> None:
     batches = num_batches(len(load_data(DataConfig()).train), 64)
     assert len(forwards) > 2 * batches  # per training batch, plus its evaluation
     assert run.summary["teacher"]["test"]["accuracy"] > 0.5
+
+
+def test_an_augmented_student_runs_the_teacher_on_its_batches(tmp_path, teachers,
+                                                              forwards) -> None:
+    """Augmented training images are new every epoch: the cached train logits cannot serve
+    them, so the teacher runs per batch (its validation/test logits still come cached)."""
+    common = {**SMALL, "output_dir": str(tmp_path), "student.teacher": str(teachers[0])}
+    api.student(overrides=common, quiet=True)  # make sure the cache exists
+    forwards.clear()
+    api.student(overrides={**common, "student.augment.jitter": 1}, quiet=True)
+    batches = num_batches(len(load_data(DataConfig()).train), 64)
+    assert len(forwards) == 2 * batches  # exactly one forward per training batch
