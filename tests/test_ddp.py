@@ -132,3 +132,15 @@ def test_ranks_other_than_0_draw_their_own_dropout_masks() -> None:
 
     assert torch.equal(draw(0), draw(None))  # rank 0 keeps the single-process stream
     assert not torch.equal(draw(1), draw(0))
+
+
+def test_augmented_training_under_torchrun_equals_one_process(runs) -> None:
+    """Jitter draws are made for the global batch and each rank takes its rows, so two
+    augmenting processes still follow one."""
+    out = runs["out"]
+    jitter = ["--set", "teacher.augment.jitter=2", "--checkpoint-every", "100"]
+    ddp = torchrun(*TEACH, *jitter, "--output-dir", str(out / "aug"), "--name", "ddp")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single(*TEACH, *jitter, "--output-dir", str(out / "aug"), "--name", "one")
+    assert close(out / "aug" / "ddp", out / "aug" / "one")
+    assert not close(out / "aug" / "one", runs["one"], atol=1e-2)  # jitter changed training
