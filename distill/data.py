@@ -505,21 +505,26 @@ def _read_image_folder(folder: Path, classes: list[str] | None, size: int | None
         except Exception:  # noqa: BLE001 - a damaged cache is decoded again
             pass
     images, labels = _decode_images(folder, items, size)
-    _write_cache(cached, {"images": images, "labels": labels})
+    write_cache(cached, {"images": images, "labels": labels})
     return images, labels, classes
 
 
-def _write_cache(path: Path, tensors: dict[str, Tensor]) -> None:
-    """Store tensors atomically; a cache that cannot be written is skipped, not an error."""
+def write_cache(path: Path, tensors: dict[str, Tensor],
+                metadata: dict[str, str] | None = None) -> bool:
+    """Store a cache file of tensors atomically (readers see the old file or the whole new
+    one); a cache that cannot be written (read-only folder, full disk) is skipped, not an
+    error. Returns whether it was written."""
     from safetensors.torch import save_file
 
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         os.replace(tmp, path)
+        return True
     except OSError:
-        pass
+        tmp.unlink(missing_ok=True)
+        return False
 
 
 def _decode_images(folder: Path, items: list[tuple[str, int]], size: int | None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill.data import DataBundle
+from distill.data import DataBundle, write_cache
 from distill.teacher import FrozenTeacher, TeacherSource
 
 FOLDER = "teacher-logits"
@@ -93,8 +92,7 @@ def teacher_logits(teacher: FrozenTeacher, source: TeacherSource, data: DataBund
         _say(console, f"teacher logits: {path} is unreadable; computing them again")
     computed = _compute(teacher, data)
     size = computed.train.numel() * 4
-    if path is not None and write and size <= MAX_BYTES:
-        _write(computed, path)
+    if path is not None and write and size <= MAX_BYTES and _write(computed, path):
         computed.path = path
         _say(console, f"teacher logits: computed once and stored in {path}")
     return computed
@@ -113,16 +111,11 @@ def _compute(teacher: FrozenTeacher, data: DataBundle) -> TeacherLogits:
     return TeacherLogits(train, val, test, figures, None, True)
 
 
-def _write(logits: TeacherLogits, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"train": logits.train.contiguous(), "test": logits.test.contiguous()}
+def _write(logits: TeacherLogits, path: Path) -> bool:
+    tensors = {"train": logits.train, "test": logits.test}
     if logits.val is not None:
-        tensors["val"] = logits.val.contiguous()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"figures": json.dumps(logits.figures)})
-    os.replace(tmp, path)  # readers see the old file or the whole new one, never a part
+        tensors["val"] = logits.val
+    return write_cache(path, tensors, metadata={"figures": json.dumps(logits.figures)})
 
 
 def _read(path: Path) -> TeacherLogits | None:
