@@ -294,7 +294,7 @@ def prepare_teacher(teacher: FrozenTeacher, source, data: DataBundle, recipe: Re
                             write=write)
     small = cached.train.numel() * 4 <= CACHE_MAX_BYTES  # else the teacher runs per batch
     if small and not recipe.student.augment.active():  # augmented batches need its forward
-        teacher.use_cached(cached.train.to(data.train.images.device))
+        teacher.use_cached(cached.train.to(data.train.device))
     return TeacherEvaluation(cached.test, cached.figures)
 
 
@@ -365,7 +365,7 @@ def evaluate_teacher(teacher: FrozenTeacher, data: DataBundle) -> TeacherEvaluat
     logits = predict(teacher, data.test, data.info)
     return TeacherEvaluation(logits, {
         "test": classification_metrics(logits, data.test.labels.cpu()),
-        "profile": profile_model(teacher.model, data.info.in_shape, data.train.images.device)})
+        "profile": profile_model(teacher.model, data.info.in_shape, data.train.device)})
 
 
 def evaluate_model(model: torch.nn.Module, data: DataBundle, teacher: TeacherEvaluation | None,
@@ -374,7 +374,7 @@ def evaluate_model(model: torch.nn.Module, data: DataBundle, teacher: TeacherEva
     labels = data.test.labels.cpu()
     logits = predict(model, data.test, data.info)
     result: dict[str, Any] = {"test": classification_metrics(logits, labels)}
-    result["profile"] = profile_model(model, data.info.in_shape, data.train.images.device)
+    result["profile"] = profile_model(model, data.info.in_shape, data.train.device)
     if out_dir is not None:
         cm = confusion_matrix(logits.argmax(1), labels, data.info.num_classes)
         plot_confusion_matrix(cm, data.info.class_names, out_dir / "confusion_matrix.png",

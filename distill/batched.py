@@ -134,7 +134,7 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
     """Train all students from ``start_epoch`` to the recipe's epochs; ``on_epoch(i, record)``
     per student and epoch, then ``on_epoch_end(epochs_done)`` (the chunk's checkpoint)."""
     cfg = recipes[0].student
-    device = data.train.images.device
+    device = data.train.device
     T = torch.tensor([r.student.T for r in recipes], device=device)
     alpha = torch.tensor([r.student.alpha for r in recipes], device=device)
     use_teacher = teacher is not None and bool((alpha > 0).any())
@@ -282,7 +282,7 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
                              start_cell)
     from distill.tracking import MetricsLog
 
-    device = data.train.images.device
+    device = data.train.device
     names = [c.name for c in chunk]
     path = chunk_path(sweep_dir, names)
     saved = load_checkpoint(path) if path.is_file() else None

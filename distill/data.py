@@ -9,7 +9,9 @@ images on the training device.
 - ``mnist``, ``fashion-mnist``: the official IDX files (gzipped or not) from ``data_dir``;
   torchvision's downloader is tried when they are missing and ``download`` is on.
 - ``cifar10``, ``cifar100``: torchvision's CIFAR python batches.
-- ``imagefolder:<path>``: ``<path>/train/<class>/*.jpg``, optional ``val/`` and ``test/``.
+- ``imagefolder:<path>``: ``<path>/train/<class>/*.jpg``, optional ``val/`` and ``test/``;
+  decoded once and cached when it fits in memory, else (or with ``data.in_memory: false``)
+  left on disk and decoded per batch by DataLoader workers (``distill/imagefiles.py``).
 
 Seeds: ``data_seed`` alone fixes the validation split and the order of batches in each epoch,
 so runs that differ only in ``seed`` see the same batches in the same order. Normalisation
@@ -25,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ from torch import Tensor
 
 from distill.augment import BatchAugment, batch_seed
 from distill.errors import DataError, RecipeError
+from distill.imagefiles import ImageFiles, decode_image, size_mismatch
 from distill.recipe import DataConfig
 
 DATA_DIR_ENV = "DISTILL_DATA_DIR"
@@ -55,16 +58,43 @@ class DataInfo:
 
 @dataclass
 class Split:
-    """One split held in memory: ``images`` uint8 [N, C, H, W], ``labels`` int64 [N]."""
+    """One split: ``images`` uint8 [N, C, H, W] (or :class:`ImageFiles` left on disk for
+    data that do not fit in memory), ``labels`` int64 [N] on the split's device."""
 
-    images: Tensor
+    images: Tensor | ImageFiles
     labels: Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        """Where batches of this split are served."""
+        return self.labels.device
+
+    @property
+    def on_disk(self) -> bool:
+        return isinstance(self.images, ImageFiles)
+
     def to(self, device: torch.device | str) -> "Split":
-        return Split(self.images.to(device), self.labels.to(device))
+        images = self.images if isinstance(self.images, ImageFiles) else self.images.to(device)
+        return Split(images, self.labels.to(device))
+
+    def select(self, idx: Tensor) -> "Split":
+        """The images and labels at ``idx`` (int64 [M]), in that order."""
+        images = (self.images.select(idx) if isinstance(self.images, ImageFiles)
+                  else self.images[idx])
+        return Split(images, self.labels[idx])
+
+    def update_hash(self, h) -> None:
+        """Feed what this split holds to a hashlib object: the pixels of an in-memory split,
+        the file listing's key of one on disk (decoding every file to hash it would cost a
+        pass over the data); the labels either way."""
+        if isinstance(self.images, ImageFiles):
+            h.update(f"files:{self.images.key}".encode())
+        else:
+            h.update(self.images.detach().cpu().contiguous().numpy().tobytes())
+        h.update(self.labels.detach().cpu().contiguous().numpy().tobytes())
 
 
 @dataclass
@@ -135,7 +165,8 @@ def indexed_train_batches(split: Split, info: DataInfo, batch_size: int, data_se
     ``shard = (rank, world)``: only this rank's contiguous part of each global batch
     (``distill/distributed.py``).
     """
-    order = epoch_order(len(split), data_seed, epoch, split.images.device)
+    order = epoch_order(len(split), data_seed, epoch, split.device)
+    plan = []  # (batch number, this rank's indices, their offset in the global batch, its size)
     for b in range(start, num_batches(len(split), batch_size)):
         idx = order[b * batch_size:(b + 1) * batch_size]
         total, offset = len(idx), 0
@@ -143,7 +174,8 @@ def indexed_train_batches(split: Split, info: DataInfo, batch_size: int, data_se
             parts = idx.tensor_split(shard[1])
             offset = sum(len(p) for p in parts[:shard[0]])
             idx = parts[shard[0]]
-        images = split.images[idx]
+        plan.append((b, idx, offset, total))
+    for (b, idx, offset, total), images in zip(plan, gather(split, [p[1] for p in plan]), strict=True):
         if augment is not None:
             images = augment(images, batch_seed(data_seed, epoch, b), offset, total)
         yield normalize(images, info), split.labels[idx], idx
@@ -152,8 +184,19 @@ def indexed_train_batches(split: Split, info: DataInfo, batch_size: int, data_se
 def eval_batches(split: Split, info: DataInfo, batch_size: int = 1000
                  ) -> Iterator[tuple[Tensor, Tensor]]:
     """Batches of a split in its stored order, never augmented."""
-    for i in range(0, len(split), batch_size):
-        yield normalize(split.images[i:i + batch_size], info), split.labels[i:i + batch_size]
+    index_batches = list(torch.arange(len(split), device=split.device).split(batch_size))
+    for idx, images in zip(index_batches, gather(split, index_batches), strict=True):
+        yield normalize(images, info), split.labels[idx]
+
+
+def gather(split: Split, index_batches: list[Tensor]) -> Iterator[Tensor]:
+    """uint8 [B, C, H, W] on the split's device for each index batch: indexing of an
+    in-memory split, DataLoader workers decoding ahead for one on disk."""
+    if isinstance(split.images, ImageFiles):
+        yield from split.images.batches(index_batches, split.device)
+        return
+    for idx in index_batches:
+        yield split.images[idx]
 
 
 # ----------------------------------------------------------------------------- registry
@@ -187,6 +230,9 @@ def load_data(cfg: DataConfig) -> DataBundle:
     name = cfg.name
     if name.startswith("imagefolder:"):
         train, val, test, info = _load_imagefolder(cfg, Path(name.split(":", 1)[1]))
+    elif cfg.in_memory is False:
+        raise RecipeError(f"data.in_memory: false applies to imagefolder: datasets only; "
+                          f"'{name}' is always held in memory")
     elif name in _LOADERS:
         train, val, test, info = _LOADERS[name][0](cfg)
     else:
@@ -214,7 +260,7 @@ def take(split: Split, n: int) -> Split:
         return split
     gen = torch.Generator().manual_seed(_SUBSET_SEED)
     idx = torch.randperm(len(split), generator=gen)[:n].sort().values
-    return Split(split.images[idx], split.labels[idx])
+    return split.select(idx)
 
 
 def carve(split: Split, val_size: float, data_seed: int) -> tuple[Split, Split | None]:
@@ -233,8 +279,7 @@ def carve(split: Split, val_size: float, data_seed: int) -> tuple[Split, Split |
     gen = torch.Generator().manual_seed(data_seed)
     perm = torch.randperm(n, generator=gen)
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
-    return (Split(split.images[train_idx], split.labels[train_idx]),
-            Split(split.images[val_idx], split.labels[val_idx]))
+    return split.select(train_idx), split.select(val_idx)
 
 
 def _check_split(dataset: str, split_name: str, split: Split, num_classes: int) -> None:
@@ -246,13 +291,19 @@ def _check_split(dataset: str, split_name: str, split: Split, num_classes: int) 
                         f"[0, {num_classes - 1}], found {lo if lo < 0 else hi}")
 
 
-def _stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (unbiased) std of uint8 images [N, C, H, W] scaled to [0, 1],
-    exactly, from the 256-bin histogram of each channel (no float copy of the images)."""
+def _stats(batches: Iterable[Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std of uint8 images [N, C, H, W] (given whole or in
+    batches) scaled to [0, 1], exactly, from the 256-bin histogram of each channel (no float
+    copy of the images)."""
+    histograms = None  # [C, 256] counts
+    for images in batches:
+        counts = torch.stack([torch.bincount(images[:, c].reshape(-1).long(), minlength=256)
+                              for c in range(images.shape[1])]).double()
+        histograms = counts if histograms is None else histograms + counts
+    assert histograms is not None, "no images"
     values = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []
-    for c in range(images.shape[1]):
-        counts = torch.bincount(images[:, c].reshape(-1).long(), minlength=256).double()
+    for counts in histograms:
         n = counts.sum()
         mean = (counts * values).sum() / n
         var = (counts * (values - mean) ** 2).sum() / max(n - 1, 1)
@@ -262,19 +313,19 @@ def _stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def _info(name: str, images: Tensor, class_names: list[str]) -> DataInfo:
-    mean, std = _stats(images)
+    mean, std = _stats([images])
     shape = tuple(int(s) for s in images.shape[1:])
     return DataInfo(name, shape, len(class_names), class_names, mean, std)  # type: ignore[arg-type]
 
 
-def _carve_test(images: Tensor, labels: Tensor) -> tuple[Split, Split]:
+def _carve_test(split: Split) -> tuple[Split, Split]:
     """A fixed held-out test split for datasets that ship none (independent of every seed)."""
-    n = labels.shape[0]
+    n = len(split)
     gen = torch.Generator().manual_seed(_TEST_CARVE_SEED)
     perm = torch.randperm(n, generator=gen)
     n_test = int(round(_TEST_CARVE_FRACTION * n))
     test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
-    return Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx])
+    return split.select(train_idx), split.select(test_idx)
 
 
 # ----------------------------------------------------------------------------- digits
@@ -287,7 +338,7 @@ def _load_digits(cfg: DataConfig):
     pixels = torch.from_numpy(bunch.images).float()  # [1797, 8, 8], values 0..16
     images = (pixels * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
     labels = torch.from_numpy(bunch.target).long()
-    train, test = _carve_test(images, labels)
+    train, test = _carve_test(Split(images, labels))
     info = _info("digits", train.images, [str(d) for d in range(10)])
     return train, None, test, info
 
@@ -469,15 +520,11 @@ def cache_dir() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "distill"
 
 
-def _read_image_folder(folder: Path, classes: list[str] | None, size: int | None
-                       ) -> tuple[Tensor, Tensor, list[str]]:
-    """Every image of an ImageFolder split as uint8 [N, C, H, W] and labels [N].
-
-    Decoded once, then cached on disk (``cache_dir()/imagefolder/<key>.safetensors``) under
-    a key of the files' paths, sizes and modification times and the resize: a later run
-    reads one file instead of decoding again; any added, removed or changed image makes a
-    new key.
-    """
+def _list_image_folder(folder: Path, classes: list[str] | None, size: int | None
+                       ) -> tuple[list[tuple[str, int]], str, list[str]]:
+    """An ImageFolder split's ``(path, label)`` items in sorted order, a key of the files'
+    paths, sizes, modification times and the resize (any added, removed or changed image
+    makes a new key), and the class names."""
     found = sorted(p.name for p in folder.iterdir() if p.is_dir())
     classes = classes or found
     if found != classes:
@@ -495,18 +542,35 @@ def _read_image_folder(folder: Path, classes: list[str] | None, size: int | None
             items.append((os.path.join(folder, c, name), label))
     if not items:
         raise DataError(f"{folder}: no images found in its class folders")
-    cached = cache_dir() / "imagefolder" / f"{h.hexdigest()[:24]}.safetensors"
+    return items, h.hexdigest()[:24], classes
+
+
+def _read_image_folder(folder: Path, items: list[tuple[str, int]], key: str, size: int | None
+                       ) -> Split:
+    """Every image of an ImageFolder split in memory: uint8 [N, C, H, W], labels [N].
+
+    Decoded once, then cached on disk (``cache_dir()/imagefolder/<key>.safetensors``): a
+    later run reads one file instead of decoding again.
+    """
+    cached = cache_dir() / "imagefolder" / f"{key}.safetensors"
     if cached.is_file():
         try:
             from safetensors.torch import load_file
 
             tensors = load_file(str(cached))
-            return tensors["images"], tensors["labels"], classes
+            return Split(tensors["images"], tensors["labels"])
         except Exception:  # noqa: BLE001 - a damaged cache is decoded again
             pass
     images, labels = _decode_images(folder, items, size)
     write_cache(cached, {"images": images, "labels": labels})
-    return images, labels, classes
+    return Split(images, labels)
+
+
+def _files_split(items: list[tuple[str, int]], key: str, size: int | None,
+                 shape: tuple[int, int, int]) -> Split:
+    """An ImageFolder split left on disk (decoded per batch by DataLoader workers)."""
+    files = ImageFiles(tuple(path for path, _ in items), shape, size, key)
+    return Split(files, torch.tensor([label for _, label in items], dtype=torch.long))
 
 
 def write_cache(path: Path, tensors: dict[str, Tensor],
@@ -532,28 +596,23 @@ def _decode_images(folder: Path, items: list[tuple[str, int]], size: int | None
     """Decode ``items`` (path, label) with a thread pool into uint8 [N, C, H, W], int64 [N]."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from PIL import Image
-
-    def decode(item: tuple[str, int]) -> np.ndarray:
-        path = item[0]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if size is not None:
-                    img = img.resize((size, size), Image.BILINEAR)
-                return np.asarray(img, dtype=np.uint8)
-        except OSError as exc:
-            raise DataError(f"{path}: cannot be decoded ({exc})") from None
-
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(decode, items))
+        arrays = list(pool.map(lambda item: decode_image(item[0], size), items))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise DataError(f"{folder}: images differ in size ({sorted(shapes)[:3]} ...); set "
-                        f"data.image_size to resize them all")
+        raise size_mismatch(folder, list(shapes))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in items], dtype=torch.long)
     return images, labels
+
+
+def memory_budget() -> int:
+    """Bytes of decoded images ``data.in_memory: auto`` keeps in memory: a quarter of this
+    machine's RAM (the rest is for the model, its activations and the batches' copies)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume 16 GiB
+        return 4 << 30
 
 
 def _load_imagefolder(cfg: DataConfig, root: Path):
@@ -561,13 +620,46 @@ def _load_imagefolder(cfg: DataConfig, root: Path):
     if not (root / "train").is_dir():
         raise DataError(f"imagefolder: {root / 'train'} is not a folder; expected "
                         f"<path>/train/<class>/*.jpg (optional val/ and test/)")
-    tr_x, tr_y, classes = _read_image_folder(root / "train", None, cfg.image_size)
-    train = Split(tr_x, tr_y)
-    val = None
-    if (root / "val").is_dir() and cfg.val_size > 0:
-        val = Split(*_read_image_folder(root / "val", classes, cfg.image_size)[:2])
-    if (root / "test").is_dir():
-        test = Split(*_read_image_folder(root / "test", classes, cfg.image_size)[:2])
-    else:
-        train, test = _carve_test(train.images, train.labels)
-    return train, val, test, _info(f"imagefolder:{root}", train.images, classes)
+    listed = {"train": _list_image_folder(root / "train", None, cfg.image_size)}
+    classes = listed["train"][2]
+    for name in ("val", "test"):
+        if (root / name).is_dir() and (name == "test" or cfg.val_size > 0):
+            listed[name] = _list_image_folder(root / name, classes, cfg.image_size)
+    first = decode_image(listed["train"][0][0][0], cfg.image_size)  # [H, W, 3]
+    shape = (first.shape[2], first.shape[0], first.shape[1])
+    decoded_bytes = first.nbytes * sum(len(items) for items, _, _ in listed.values())
+    in_memory = cfg.in_memory if cfg.in_memory is not None else decoded_bytes <= memory_budget()
+    splits: dict[str, Split] = {}
+    for name, (items, key, _) in listed.items():
+        splits[name] = (_read_image_folder(root / name, items, key, cfg.image_size) if in_memory
+                        else _files_split(items, key, cfg.image_size, shape))
+    train, val = splits["train"], splits.get("val")
+    test = splits.get("test")
+    if test is None:
+        train, test = _carve_test(train)
+    info_name = f"imagefolder:{root}"
+    if in_memory:
+        return train, val, test, _info(info_name, train.images, classes)
+    mean, std = _disk_stats(train)
+    return train, val, test, DataInfo(info_name, shape, len(classes), classes, mean, std)
+
+
+def _disk_stats(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation constants of a training split on disk: one decoding pass over it,
+    then kept in ``cache_dir()/imagefolder/<files key>.stats.json``."""
+    assert isinstance(split.images, ImageFiles)
+    path = cache_dir() / "imagefolder" / f"{split.images.key}.stats.json"
+    try:
+        stored = json.loads(path.read_text())
+        return tuple(stored["mean"]), tuple(stored["std"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    mean, std = _stats(gather(split, list(torch.arange(len(split)).split(1000))))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"mean": mean, "std": std}))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache folder: computed again next time
+        pass
+    return mean, std

@@ -221,7 +221,7 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
         state.model.train()
         start = time.perf_counter()
         if first == 0 or state.sums is None:
-            state.sums = {k: torch.zeros((), device=data.train.images.device)
+            state.sums = {k: torch.zeros((), device=data.train.device)
                           for k in ("loss", "soft", "hard")}
             state.seen = 0
         seen_at_start = state.seen

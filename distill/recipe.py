@@ -45,6 +45,10 @@ class DataConfig(_Strict):
     subset: int | None = Field(None, ge=1)  # keep this many training images (a fixed draw)
     test_subset: int | None = Field(None, ge=1)  # keep this many test images (a fixed draw)
     image_size: int | None = Field(None, ge=8)  # resize ImageFolder images to this square size
+    # ImageFolder only: true = decode once into memory (cached on disk), false = leave on disk
+    # and decode per batch with DataLoader workers; unset = in memory when it fits in a
+    # quarter of this machine's RAM
+    in_memory: bool | None = None
 
 
 class ModelConfig(_Strict):

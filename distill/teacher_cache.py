@@ -63,8 +63,7 @@ def cache_key(source: TeacherSource, data: DataBundle, device: str = "cpu") -> s
         if split is None:
             h.update(b"none")
             continue
-        h.update(split.images.detach().cpu().contiguous().numpy().tobytes())
-        h.update(split.labels.detach().cpu().numpy().tobytes())
+        split.update_hash(h)
     return h.hexdigest()[:24]
 
 
@@ -83,7 +82,7 @@ def teacher_logits(teacher: FrozenTeacher, source: TeacherSource, data: DataBund
     the key matches, else computed once and stored atomically (unless ``write`` is False:
     the other ranks of a torchrun job)."""
     folder = cache_folder(source, output_dir)
-    device = data.train.images.device.type
+    device = data.train.device.type
     path = folder / f"{cache_key(source, data, device)}.safetensors" if folder else None
     if path is not None and path.is_file():
         cached = _read(path)
@@ -107,7 +106,7 @@ def _compute(teacher: FrozenTeacher, data: DataBundle) -> TeacherLogits:
     test = predict(teacher, data.test, data.info)
     figures = {"test": classification_metrics(test, data.test.labels.cpu()),
                "profile": profile_model(teacher.model, data.info.in_shape,
-                                        data.train.images.device)}
+                                        data.train.device)}
     return TeacherLogits(train, val, test, figures, None, True)
 
 

@@ -1,0 +1,122 @@
+"""ImageFolder images left on disk: the DataLoader path for data that do not fit in memory.
+
+An :class:`ImageFiles` stands where an in-memory split holds its uint8 ``[N, C, H, W]``
+tensor. Batches are decoded by ``torch.utils.data.DataLoader`` workers
+(``num_workers = min(8, CPU cores)``, pinned memory when the device is a GPU) in exactly the
+index order the in-memory path would use, so both paths give the same batches, the same
+augmentation and the same training run; only where the pixels wait differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distill.errors import DataError
+
+
+def decode_image(path: str, size: int | None) -> np.ndarray:
+    """One image file as uint8 ``[H, W, 3]`` (RGB), resized to ``size`` x ``size`` if set."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if size is not None:
+                img = img.resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be decoded ({exc})") from None
+
+
+def size_mismatch(where: object, shapes: Sequence[tuple[int, ...]]) -> DataError:
+    """The error for an ImageFolder whose images differ in size (``shapes``: H, W, C)."""
+    return DataError(f"{where}: images differ in size ({sorted(set(shapes))[:3]} ...); set "
+                     f"data.image_size to resize them all")
+
+
+def loader_workers() -> int:
+    """DataLoader worker processes: ``min(8, CPU cores)``, as the field's training scripts use."""
+    return min(8, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """The images of one split as files: ``paths[i]`` decodes to uint8 ``[C, H, W]`` = ``shape``.
+
+    ``key`` names the content (file names, sizes, modification times, resize and which
+    files were selected) for caches that would otherwise hash the pixels.
+    """
+
+    paths: tuple[str, ...]
+    shape: tuple[int, int, int]  # (C, H, W) every image must decode to
+    size: int | None  # data.image_size
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def select(self, idx: Tensor) -> "ImageFiles":
+        """The files at ``idx`` (int64 [M]), in that order."""
+        chosen = idx.cpu().tolist()
+        key = hashlib.sha256(f"{self.key}:{chosen}".encode()).hexdigest()[:24]
+        return ImageFiles(tuple(self.paths[i] for i in chosen), self.shape, self.size, key)
+
+    def batches(self, index_batches: Sequence[Tensor], device: torch.device
+                ) -> Iterator[Tensor]:
+        """uint8 ``[B, C, H, W]`` on ``device`` for each index batch, decoded ahead by workers."""
+        if not index_batches:
+            return
+        from torch.utils.data import DataLoader
+
+        workers = loader_workers()
+        loader = DataLoader(_Decoder(self), batch_sampler=[b.cpu().tolist() for b in index_batches],
+                            num_workers=workers, collate_fn=_Stack(self.shape),
+                            pin_memory=device.type == "cuda",
+                            prefetch_factor=4 if workers else None,
+                            generator=torch.Generator())  # leaves the global RNG (dropout) alone
+        batches = iter(loader)
+        try:
+            for images in batches:
+                yield images.to(device, non_blocking=True)
+        except DataError as exc:  # re-raised from a worker with its traceback: keep the message
+            last = str(exc).strip().splitlines()[-1]
+            raise DataError(last.split(": ", 1)[1] if "DataError: " in last else last) from None
+        finally:
+            del batches  # stops the workers now, not whenever the iterator is collected
+
+
+class _Decoder:
+    """Map-style dataset: index -> uint8 ``[C, H, W]`` (picklable, for worker processes)."""
+
+    def __init__(self, files: ImageFiles) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Tensor:
+        array = decode_image(self.files.paths[i], self.files.size)
+        c, h, w = self.files.shape
+        if array.shape != (h, w, c):
+            folder = os.path.dirname(os.path.dirname(self.files.paths[i]))
+            raise size_mismatch(folder, [(h, w, c), array.shape])
+        return torch.from_numpy(array).permute(2, 0, 1)
+
+
+class _Stack:
+    """Collate: a list of uint8 ``[C, H, W]`` -> ``[B, C, H, W]`` (an empty share stays empty)."""
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        self.shape = shape
+
+    def __call__(self, images: list[Tensor]) -> Tensor:
+        if not images:
+            return torch.empty((0, *self.shape), dtype=torch.uint8)
+        return torch.stack(images)

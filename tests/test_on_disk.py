@@ -1,0 +1,140 @@
+"""ImageFolder data left on disk (the DataLoader path for data that do not fit in memory)
+serve exactly the batches the in-memory path serves, and train exactly the same model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import distill.data as data_module
+from distill import api
+from distill.augment import BatchAugment
+from distill.data import eval_batches, indexed_train_batches, load_data
+from distill.errors import DataError, RecipeError
+from distill.imagefiles import ImageFiles
+from distill.recipe import AugmentConfig, DataConfig
+
+
+def noisy_image_folder(root: Path, per_class: int = 12, test: int = 4, size: int = 8) -> Path:
+    """3 classes of random RGB PNGs, each class with its own colour cue."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    for split, n in (("train", per_class), ("test", test)):
+        for c in range(3):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                pixels[..., c] = 200 + c
+                Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+    return root
+
+
+def both(root: Path, **kw):
+    name = f"imagefolder:{root}"
+    return (load_data(DataConfig(name=name, in_memory=True, **kw)),
+            load_data(DataConfig(name=name, in_memory=False, **kw)))
+
+
+def test_on_disk_batches_equal_in_memory_batches(tmp_path: Path) -> None:
+    memory, disk = both(noisy_image_folder(tmp_path / "f"), val_size=5, data_seed=3)
+    assert disk.train.on_disk and disk.val.on_disk and disk.test.on_disk
+    assert not memory.train.on_disk
+    assert disk.info == memory.info  # same exact normalisation constants
+    assert disk.description == memory.description
+    for a, b in ((memory.train, disk.train), (memory.val, disk.val), (memory.test, disk.test)):
+        assert torch.equal(a.labels, b.labels)
+        for (xa, ya), (xb, yb) in zip(eval_batches(a, memory.info, 4),
+                                      eval_batches(b, disk.info, 4), strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    augment = BatchAugment(AugmentConfig(jitter=2, flip=True))
+    for shard in (None, (1, 2)):
+        kw = dict(batch_size=7, data_seed=3, epoch=2, start=1, augment=augment, shard=shard)
+        got = list(indexed_train_batches(disk.train, disk.info, **kw))
+        want = list(indexed_train_batches(memory.train, memory.info, **kw))
+        assert len(got) == len(want) == 4  # 31 images in 7, 7, 7, 7, 3; the first skipped
+        for (xa, ya, ia), (xb, yb, ib) in zip(want, got):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+
+
+def test_teacher_and_student_trained_from_disk_equal_in_memory_runs(tmp_path: Path) -> None:
+    root = noisy_image_folder(tmp_path / "f")
+    weights = {}
+    for in_memory in (True, False):
+        common = {"data.name": f"imagefolder:{root}", "data.in_memory": in_memory,
+                  "data.val_size": 5, "output_dir": str(tmp_path / f"out-{in_memory}"),
+                  "teacher.epochs": 2, "student.epochs": 2, "teacher.batch_size": 8,
+                  "student.batch_size": 8, "teacher.augment.flip": True,
+                  "teacher.model.hidden_sizes": [16], "student.model.hidden_sizes": [8]}
+        t = api.teach(None, common, name="t", quiet=True, wandb="disabled")
+        s = api.student(None, {**common, "student.teacher": str(t.run_dir)}, name="s",
+                        quiet=True, wandb="disabled")
+        weights[in_memory] = [load_file(str(r.run_dir / "model.safetensors")) for r in (t, s)]
+        summary = json.loads((s.run_dir / "summary.json").read_text())
+        assert summary["test"]["n"] == 12
+    for mem, disk in zip(weights[True], weights[False]):
+        assert mem.keys() == disk.keys()
+        for k in mem:
+            torch.testing.assert_close(disk[k], mem[k], rtol=0, atol=1e-6)
+
+
+def test_auto_leaves_data_on_disk_only_when_over_the_memory_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = noisy_image_folder(tmp_path / "f")
+    cfg = DataConfig(name=f"imagefolder:{root}", val_size=0)
+    cache = data_module.cache_dir() / "imagefolder"
+    before = set(cache.glob("*")) if cache.is_dir() else set()
+    monkeypatch.setattr(data_module, "memory_budget", lambda: 48 * 8 * 8 * 3 - 1)  # 1 byte short
+    disk = load_data(cfg)
+    assert disk.train.on_disk and isinstance(disk.train.images, ImageFiles)
+    new = {p.name for p in set(cache.glob("*")) - before}
+    assert new and all(n.endswith(".stats.json") for n in new)  # no decoded copy written
+    monkeypatch.setattr(data_module, "memory_budget", lambda: 48 * 8 * 8 * 3)
+    memory = load_data(cfg)
+    assert not memory.train.on_disk and memory.train.images.shape == (36, 3, 8, 8)
+
+
+def test_on_disk_normalisation_constants_are_read_back_from_their_cache(tmp_path: Path) -> None:
+    root = noisy_image_folder(tmp_path / "f")
+    cfg = DataConfig(name=f"imagefolder:{root}", val_size=0, in_memory=False)
+    first = load_data(cfg)
+    stats = data_module.cache_dir() / "imagefolder" / f"{first.train.images.key}.stats.json"
+    assert json.loads(stats.read_text())["mean"] == list(first.info.mean)
+    stats.write_text(json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}))
+    assert load_data(cfg).info.mean == (0.5, 0.5, 0.5)  # read, not decoded again
+
+
+def test_on_disk_image_of_another_size_is_a_one_line_error(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = noisy_image_folder(tmp_path / "f")
+    Image.new("RGB", (12, 12)).save(root / "test" / "c1" / "zz.png")
+    bundle = load_data(DataConfig(name=f"imagefolder:{root}", val_size=0, in_memory=False))
+    with pytest.raises(DataError) as exc:
+        list(eval_batches(bundle.test, bundle.info))
+    assert str(exc.value) == (f"{root / 'test'}: images differ in size ([(8, 8, 3), (12, 12, 3)]"
+                              " ...); set data.image_size to resize them all")
+
+
+def test_in_memory_false_is_refused_for_builtin_datasets() -> None:
+    with pytest.raises(RecipeError) as exc:
+        load_data(DataConfig(name="digits", in_memory=False))
+    assert str(exc.value) == ("data.in_memory: false applies to imagefolder: datasets only; "
+                              "'digits' is always held in memory")
+
+
+def test_teacher_cache_key_of_files_follows_the_files(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = noisy_image_folder(tmp_path / "f")
+    cfg = DataConfig(name=f"imagefolder:{root}", val_size=0, in_memory=False)
+    key = load_data(cfg).train.images.key
+    assert load_data(cfg).train.images.key == key
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(root / "train" / "c0" / "00.png")  # changed image
+    assert load_data(cfg).train.images.key != key
