@@ -16,7 +16,7 @@ def results_module():
     return module
 
 
-def fake_run(root: Path, name: str, seed: int, errors: int, kd=None) -> Path:
+def fake_run(root: Path, name: str, seed: int, errors: int, kd=None, env=None) -> Path:
     run = root / name
     run.mkdir(parents=True)
     summary = {"run": name, "seed": seed, "epochs": 60, "wall_seconds": 100.0,
@@ -24,7 +24,7 @@ def fake_run(root: Path, name: str, seed: int, errors: int, kd=None) -> Path:
     if kd:
         summary["kd"] = kd
     (run / "summary.json").write_text(json.dumps(summary))
-    (run / "environment.json").write_text(json.dumps({"device": "cuda", "gpu": "H100"}))
+    (run / "environment.json").write_text(json.dumps(env or {"device": "cuda", "gpu": "H100"}))
     return run
 
 
@@ -46,9 +46,20 @@ def test_tables_from_stored_runs(tmp_path) -> None:
     assert "| teacher | 72.00 ± 2.00 (n=3) | s0: 70, s1: 72, s2: 74 | 67 |" in block
     assert "| baseline | 145.00 ± 5.00 (n=3) |" in block
     # paired per seed: 80-140, 84-150, 82-145
-    assert ("| distilled - baseline (paired) | -63.00 ± 3.00 (n=3) | "
+    assert ("| distilled (transfer set jittered) - baseline (paired) | -63.00 ± 3.00 (n=3) | "
             "s0: -60.00, s1: -66.00, s2: -63.00 | |") in block
     assert "| distilled | 0 | 60 | 20 | 0.9 | 100 | H100 | `distill ... distilled` |" in block
+    assert "no jitter" not in block  # the optional row appears only with its runs
+    for seed, e in enumerate([90, 95]):
+        run = fake_run(tmp_path / "runs", f"plain-{seed}", seed, e, {"T": 20, "alpha": 0.9},
+                       env={"device": "cpu", "cpu_count": 2})
+        r.add(run, "mnist_hinton", "distilled_plain", "distill ... plain", store)
+    block = r.tables(store, md)
+    assert "| distilled (no jitter, as published) | 92.50 ± 3.54 (n=2) | s0: 90, s1: 95 | - |" \
+        in block
+    assert ("| distilled (no jitter, as published) - baseline (paired) | -52.50 ± 3.54 (n=2) | "
+            "s0: -50.00, s1: -55.00 | |") in block
+    assert "| distilled_plain | 1 | 60 | 20 | 0.9 | 100 | CPU (2 cores) |" in block
     assert "Not measured yet." in block  # the CIFAR experiment has no runs
     stored = json.loads((store / "mnist_hinton" / "teacher-s1.json").read_text())
     assert stored["test_errors"] == 72 and "weights" not in json.dumps(stored)

@@ -21,7 +21,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE.parent / "RESULTS.md"
 START, END = "<!-- tables:start -->", "<!-- tables:end -->"
-VARIANTS = ("teacher", "baseline", "distilled")
+VARIANTS = ("teacher", "baseline", "distilled", "distilled_plain")
+OPTIONAL = {"distilled_plain"}  # a row only when runs exist
+COMPARED = ("distilled", "distilled_plain")  # each gets a paired difference to the baseline
 
 # how each experiment is reported, and the published figures beside it
 EXPERIMENTS = {
@@ -29,6 +31,8 @@ EXPERIMENTS = {
         "title": "MNIST, Hinton et al. 2015 (test errors out of 10000, lower is better)",
         "unit": "errors",
         "published": {"teacher": "67", "baseline": "146", "distilled": "74"},
+        "labels": {"distilled": "distilled (transfer set jittered)",
+                   "distilled_plain": "distilled (no jitter, as published)"},
     },
     "cifar10_jpeg_resnet": {
         "title": "CIFAR-10 (JPEG q75), ResNet-56 -> ResNet-20 (test accuracy %)",
@@ -50,7 +54,8 @@ def add(run: Path, experiment: str, variant: str, command: str, results: Path = 
         "test_accuracy": summary["test"]["accuracy"], "test_errors": summary["test"]["errors"],
         "n_test": summary["test"]["n"], "wall_seconds": summary["wall_seconds"],
         "kd": summary.get("kd"), "best_on_val": summary.get("best_on_val"),
-        "device": env.get("device"), "gpu": env.get("gpu"), "git_commit": env.get("git_commit"),
+        "device": env.get("device"), "gpu": env.get("gpu"), "cpu_count": env.get("cpu_count"),
+        "git_commit": env.get("git_commit"),
         "command": command,
     }
     out = results / experiment / f"{variant}-s{summary['seed']}.json"
@@ -83,27 +88,38 @@ def table(experiment: str, records: list[dict]) -> str:
     """One experiment's Markdown table, with the paired difference and the runs' details."""
     spec = EXPERIMENTS[experiment]
     unit = spec["unit"]
+    labels = spec.get("labels", {})
     by = {v: {r["seed"]: r for r in records if r["variant"] == v} for v in VARIANTS}
+    shown = [v for v in VARIANTS if v not in OPTIONAL or by[v]]
     lines = [f"### {spec['title']}", "",
              "| | mean ± std over seeds | per seed | published |", "|---|---|---|---|"]
-    for v in VARIANTS:
+    for v in shown:
         values = [_value(r, unit) for _, r in sorted(by[v].items())]
         per_seed = ", ".join(f"s{s}: {_value(r, unit):g}" for s, r in sorted(by[v].items()))
-        lines.append(f"| {v} | {_mean_std(values)} | {per_seed or '-'} | "
-                     f"{spec['published'][v]} |")
-    paired = sorted(set(by["baseline"]) & set(by["distilled"]))
-    diffs = [_value(by["distilled"][s], unit) - _value(by["baseline"][s], unit) for s in paired]
-    lines.append(f"| distilled - baseline (paired) | {_mean_std(diffs)} | "
-                 + (", ".join(f"s{s}: {d:+.2f}" for s, d in zip(paired, diffs)) or "-")
-                 + " | |")
+        lines.append(f"| {labels.get(v, v)} | {_mean_std(values)} | {per_seed or '-'} | "
+                     f"{spec['published'].get(v, '-')} |")
+    for v in (c for c in COMPARED if c in shown):
+        paired = sorted(set(by["baseline"]) & set(by[v]))
+        diffs = [_value(by[v][s], unit) - _value(by["baseline"][s], unit) for s in paired]
+        lines.append(f"| {labels.get(v, v)} - baseline (paired) | {_mean_std(diffs)} | "
+                     + (", ".join(f"s{s}: {d:+.2f}" for s, d in zip(paired, diffs)) or "-")
+                     + " | |")
     lines += ["", "| run | seed | epochs | T | alpha | wall (s) | device | command |",
               "|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (VARIANTS.index(r["variant"]), r["seed"])):
         kd = r.get("kd") or {}
         lines.append(f"| {r['variant']} | {r['seed']} | {r['epochs']} | {kd.get('T', '-')} | "
                      f"{kd.get('alpha', '-')} | {r['wall_seconds']:.0f} | "
-                     f"{r.get('gpu') or r.get('device') or '?'} | `{r['command']}` |")
+                     f"{_machine(r)} | `{r['command']}` |")
     return "\n".join(lines)
+
+
+def _machine(record: dict) -> str:
+    if record.get("gpu"):
+        return record["gpu"]
+    if record.get("device") == "cpu" and record.get("cpu_count"):
+        return f"CPU ({record['cpu_count']} cores)"
+    return record.get("device") or "?"
 
 
 def tables(results: Path = HERE, markdown: Path = RESULTS_MD) -> str:
