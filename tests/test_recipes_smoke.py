@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from conftest import shared_data_dir
@@ -119,3 +120,33 @@ def test_cifar10_jpeg_recipe_on_real_images(tmp_path) -> None:
     t, s = summary(tmp_path / "out" / "t"), summary(tmp_path / "out" / "s")
     assert t["data"]["train"] == 250 and t["data"]["test"] == 100 and t["in_shape"] == [3, 32, 32]
     assert t["model"]["name"] == "resnet56" and s["model"]["name"] == "resnet20"
+
+
+@pytest.mark.skipif(shared_data_dir() is None or not (shared_data_dir() / "mnist").is_dir(),
+                    reason="real MNIST files absent: set DISTILL_DATA_DIR to the shared data "
+                           "folder (.ci/run does when ../shared/data exists)")
+def test_mnist_reproduction_script_runs_every_variant(tmp_path) -> None:
+    """docs/results/mnist_hinton.sh, shrunk to 300 images and one epoch, one seed."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OUT": str(tmp_path), "RECORD": "0", "JOBS": "2",
+           "WANDB_MODE": "disabled",
+           "EXTRA": "--set data.subset=300 --set data.test_subset=200 --epochs 1"}
+    done = subprocess.run(["bash", str(root / "docs/results/mnist_hinton.sh"),
+                           str(shared_data_dir()), "3"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = {name: summary(tmp_path / f"mnist-{name}-s3")
+            for name in ("teacher", "baseline", "distilled", "distilled-plain")}
+    assert all(s["seed"] == 3 and s["data"]["train"] == 300 and s["data"]["val"] == 0
+               for s in runs.values())
+    assert runs["baseline"]["kd"]["alpha"] == 0.0
+    assert runs["distilled"]["kd"] == runs["distilled-plain"]["kd"] == {"T": 20.0, "alpha": 0.9}
+    teacher = str(tmp_path / "mnist-teacher-s3")
+    for name in ("baseline", "distilled", "distilled-plain"):
+        assert runs[name]["teacher"]["location"] == teacher, runs[name]["teacher"]
+    jitter = {n: yaml.safe_load((tmp_path / f"mnist-{n}-s3" / "recipe.yaml").read_text())
+              ["student"]["augment"]["jitter"] for n in ("baseline", "distilled", "distilled-plain")}
+    assert jitter == {"baseline": 0, "distilled": 2, "distilled-plain": 0}
