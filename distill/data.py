@@ -35,7 +35,7 @@ from torch import Tensor
 
 from distill.augment import BatchAugment, batch_seed
 from distill.errors import DataError, RecipeError
-from distill.imagefiles import ImageFiles, decode_image, size_mismatch
+from distill.imagefiles import ImageFiles, check_sizes, decode_image, size_mismatch
 from distill.recipe import DataConfig
 
 DATA_DIR_ENV = "DISTILL_DATA_DIR"
@@ -608,11 +608,21 @@ def _decode_images(folder: Path, items: list[tuple[str, int]], size: int | None
 
 def memory_budget() -> int:
     """Bytes of decoded images ``data.in_memory: auto`` keeps in memory: a quarter of this
-    machine's RAM (the rest is for the model, its activations and the batches' copies)."""
+    machine's RAM (or of its container's limit), and of a GPU's memory when there is one
+    (the splits move to the training device), shared by the processes torchrun started here
+    (each holds its own copy). The rest is for the model, activations and batches."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume 16 GiB
-        return 4 << 30
+        ram = 16 << 30
+    try:  # a cgroup v2 memory limit ("max" when unlimited)
+        ram = min(ram, int(Path("/sys/fs/cgroup/memory.max").read_text().strip()))
+    except (OSError, ValueError):
+        pass
+    if torch.cuda.is_available():
+        ram = min(ram, torch.cuda.get_device_properties(0).total_memory)
+    local_world = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    return ram // 4 // local_world
 
 
 def _load_imagefolder(cfg: DataConfig, root: Path):
@@ -631,8 +641,12 @@ def _load_imagefolder(cfg: DataConfig, root: Path):
     in_memory = cfg.in_memory if cfg.in_memory is not None else decoded_bytes <= memory_budget()
     splits: dict[str, Split] = {}
     for name, (items, key, _) in listed.items():
-        splits[name] = (_read_image_folder(root / name, items, key, cfg.image_size) if in_memory
-                        else _files_split(items, key, cfg.image_size, shape))
+        if in_memory:
+            splits[name] = _read_image_folder(root / name, items, key, cfg.image_size)
+            continue
+        if cfg.image_size is None:
+            _checked_once(key, lambda: check_sizes(root / name, [p for p, _ in items], shape))
+        splits[name] = _files_split(items, key, cfg.image_size, shape)
     train, val = splits["train"], splits.get("val")
     test = splits.get("test")
     if test is None:
@@ -642,6 +656,19 @@ def _load_imagefolder(cfg: DataConfig, root: Path):
         return train, val, test, _info(info_name, train.images, classes)
     mean, std = _disk_stats(train)
     return train, val, test, DataInfo(info_name, shape, len(classes), classes, mean, std)
+
+
+def _checked_once(key: str, check: Callable[[], None]) -> None:
+    """Run ``check`` (raises on a problem) unless it passed before for these files (``key``)."""
+    marker = cache_dir() / "imagefolder" / f"{key}.sizes-checked"
+    if marker.is_file():
+        return
+    check()
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # a read-only cache folder: checked again next time
+        pass
 
 
 def _disk_stats(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:

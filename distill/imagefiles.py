@@ -30,8 +30,8 @@ def decode_image(path: str, size: int | None) -> np.ndarray:
             img = img.convert("RGB")
             if size is not None:
                 img = img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except OSError as exc:
+            return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot be decoded ({exc})") from None
 
 
@@ -42,8 +42,42 @@ def size_mismatch(where: object, shapes: Sequence[tuple[int, ...]]) -> DataError
 
 
 def loader_workers() -> int:
-    """DataLoader worker processes: ``min(8, CPU cores)``, as the field's training scripts use."""
-    return min(8, os.cpu_count() or 1)
+    """DataLoader worker processes: ``min(8, CPU cores)``, as the field's training scripts use;
+    the cores this process may use, shared among the processes torchrun started here."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on macOS / Windows
+        cores = os.cpu_count() or 1
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(8, cores // max(local_world, 1)))
+
+
+def check_sizes(where: object, paths: Sequence[str], shape: tuple[int, int, int]) -> None:
+    """Every image's size from its header (cheap: no decoding) against ``shape`` (C, H, W),
+    so a misfit image is reported when the data are loaded, not at the end of training."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def size(path: str) -> tuple[int, int]:
+        try:
+            with Image.open(path) as img:
+                return img.size  # (W, H)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path}: cannot be decoded ({exc})") from None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        sizes = set(pool.map(size, paths))
+    odd = sorted((h, w, shape[0]) for w, h in sizes if (h, w) != shape[1:])
+    if odd:
+        raise size_mismatch(where, [(shape[1], shape[2], shape[0]), *odd])
+
+
+def _one_line(exc: BaseException) -> str:
+    """A worker's error, re-raised by the DataLoader with the worker's traceback, as the
+    one line a user needs (our own DataError's message, else the last line)."""
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return last.split("DataError: ", 1)[1] if "DataError: " in last else last
 
 
 @dataclass(frozen=True)
@@ -79,17 +113,27 @@ class ImageFiles:
         loader = DataLoader(_Decoder(self), batch_sampler=[b.cpu().tolist() for b in index_batches],
                             num_workers=workers, collate_fn=_Stack(self.shape),
                             pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if workers else None,
+                            prefetch_factor=2,
                             generator=torch.Generator())  # leaves the global RNG (dropout) alone
         batches = iter(loader)
+        failure = None
         try:
-            for images in batches:
+            while True:
+                try:
+                    images = next(batches)
+                except StopIteration:
+                    break
+                except Exception as exc:  # noqa: BLE001 - a worker's failure, with its traceback
+                    failure = _one_line(exc)
+                    break
                 yield images.to(device, non_blocking=True)
-        except DataError as exc:  # re-raised from a worker with its traceback: keep the message
-            last = str(exc).strip().splitlines()[-1]
-            raise DataError(last.split(": ", 1)[1] if "DataError: " in last else last) from None
-        finally:
-            del batches  # stops the workers now, not whenever the iterator is collected
+        finally:  # stop the workers now, not whenever the iterator is collected
+            stop = getattr(batches, "_shutdown_workers", None)  # torch's own shutdown
+            if stop is not None:
+                stop()
+            del batches
+        if failure is not None:  # raised here, so no traceback keeps the workers alive
+            raise DataError(failure)
 
 
 class _Decoder:

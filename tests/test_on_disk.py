@@ -3,6 +3,7 @@ serve exactly the batches the in-memory path serves, and train exactly the same 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def both(root: Path, **kw):
             load_data(DataConfig(name=name, in_memory=False, **kw)))
 
 
-def test_on_disk_batches_equal_in_memory_batches(tmp_path: Path) -> None:
+def test_on_disk_batches_equal_in_memory_batches(tmp_path: Path, capfd) -> None:
     memory, disk = both(noisy_image_folder(tmp_path / "f"), val_size=5, data_seed=3)
     assert disk.train.on_disk and disk.val.on_disk and disk.test.on_disk
     assert not memory.train.on_disk
@@ -61,6 +62,7 @@ def test_on_disk_batches_equal_in_memory_batches(tmp_path: Path) -> None:
         assert len(got) == len(want) == 4  # 31 images in 7, 7, 7, 7, 3; the first skipped
         for (xa, ya, ia), (xb, yb, ib) in zip(want, got):
             assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+    assert "Warning" not in capfd.readouterr().err  # workers print nothing either
 
 
 def test_teacher_and_student_trained_from_disk_equal_in_memory_runs(tmp_path: Path) -> None:
@@ -94,7 +96,7 @@ def test_auto_leaves_data_on_disk_only_when_over_the_memory_budget(
     disk = load_data(cfg)
     assert disk.train.on_disk and isinstance(disk.train.images, ImageFiles)
     new = {p.name for p in set(cache.glob("*")) - before}
-    assert new and all(n.endswith(".stats.json") for n in new)  # no decoded copy written
+    assert new and all(n.endswith((".stats.json", ".sizes-checked")) for n in new)  # no pixels
     monkeypatch.setattr(data_module, "memory_budget", lambda: 48 * 8 * 8 * 3)
     memory = load_data(cfg)
     assert not memory.train.on_disk and memory.train.images.shape == (36, 3, 8, 8)
@@ -110,16 +112,30 @@ def test_on_disk_normalisation_constants_are_read_back_from_their_cache(tmp_path
     assert load_data(cfg).info.mean == (0.5, 0.5, 0.5)  # read, not decoded again
 
 
-def test_on_disk_image_of_another_size_is_a_one_line_error(tmp_path: Path) -> None:
+def test_on_disk_image_of_another_size_is_found_when_loading(tmp_path: Path) -> None:
     from PIL import Image
 
     root = noisy_image_folder(tmp_path / "f")
     Image.new("RGB", (12, 12)).save(root / "test" / "c1" / "zz.png")
+    with pytest.raises(DataError) as exc:  # not at the end of training
+        load_data(DataConfig(name=f"imagefolder:{root}", val_size=0, in_memory=False))
+    assert str(exc.value) == (f"{root / 'test'}: images differ in size ([(8, 8, 3), (12, 12, 3)]"
+                              " ...); set data.image_size to resize them all")
+
+
+def test_an_image_failing_in_a_worker_is_a_one_line_error_and_stops_the_workers(
+        tmp_path: Path) -> None:
+    import multiprocessing
+
+    root = noisy_image_folder(tmp_path / "f")
+    bad = root / "test" / "c2" / "01.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # the header reads, the pixels do not decode
     bundle = load_data(DataConfig(name=f"imagefolder:{root}", val_size=0, in_memory=False))
     with pytest.raises(DataError) as exc:
         list(eval_batches(bundle.test, bundle.info))
-    assert str(exc.value) == (f"{root / 'test'}: images differ in size ([(8, 8, 3), (12, 12, 3)]"
-                              " ...); set data.image_size to resize them all")
+    message = str(exc.value)
+    assert message.startswith(f"{bad}: cannot be decoded (") and "\n" not in message
+    assert multiprocessing.active_children() == []
 
 
 def test_in_memory_false_is_refused_for_builtin_datasets() -> None:
@@ -136,5 +152,19 @@ def test_teacher_cache_key_of_files_follows_the_files(tmp_path: Path) -> None:
     cfg = DataConfig(name=f"imagefolder:{root}", val_size=0, in_memory=False)
     key = load_data(cfg).train.images.key
     assert load_data(cfg).train.images.key == key
+
+    def digests(bundle) -> list[str]:
+        out = []
+        for split in (bundle.train, bundle.val, bundle.test):
+            h = hashlib.sha256()
+            split.update_hash(h)
+            out.append(h.hexdigest())
+        return out
+
+    carved = [digests(load_data(DataConfig(name=f"imagefolder:{root}", val_size=5, data_seed=d,
+                                           in_memory=False))) for d in (0, 0, 1)]
+    assert carved[0] == carved[1]  # the same files and split: the same teacher-cache entry
+    assert len(set(carved[0])) == 3  # train, val, test never share one
+    assert carved[2][0] != carved[0][0] and carved[2][1] != carved[0][1]  # another val draw
     Image.new("RGB", (8, 8), (1, 2, 3)).save(root / "train" / "c0" / "00.png")  # changed image
     assert load_data(cfg).train.images.key != key
