@@ -207,7 +207,7 @@ def _subprocess_env() -> dict[str, str]:
 def test_real_process_exit_code_and_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "distill", "student", "--alpha", "1.5", *train_args(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path, env=_subprocess_env(), timeout=120)
+        capture_output=True, text=True, cwd=tmp_path, env=_subprocess_env(), timeout=600)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == ("error: command line: student.alpha: Input should be less than or "
                            "equal to 1, got 1.5\n")
