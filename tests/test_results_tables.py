@@ -55,7 +55,7 @@ def test_tables_from_stored_runs(tmp_path) -> None:
                        env={"device": "cpu", "cpu_count": 2})
         r.add(run, "mnist_hinton", "distilled_plain", "distill ... plain", store)
     block = r.tables(store, md)
-    assert "| distilled (no jitter, as published) | 92.50 ± 3.54 (n=2) | s0: 90, s1: 95 | - |" \
+    assert "| distilled (no jitter, as published) | 92.50 ± 3.54 (n=2) | s0: 90, s1: 95 | 74 |" \
         in block
     assert ("| distilled (no jitter, as published) - baseline (paired) | -52.50 ± 3.54 (n=2) | "
             "s0: -50.00, s1: -55.00 | |") in block
