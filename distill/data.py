@@ -184,14 +184,15 @@ def indexed_train_batches(split: Split, info: DataInfo, batch_size: int, data_se
 def eval_batches(split: Split, info: DataInfo, batch_size: int = 1000
                  ) -> Iterator[tuple[Tensor, Tensor]]:
     """Batches of a split in its stored order, never augmented."""
-    index_batches = list(torch.arange(len(split), device=split.device).split(batch_size))
+    index_batches = [slice(i, i + batch_size) for i in range(0, len(split), batch_size)]
     for idx, images in zip(index_batches, gather(split, index_batches), strict=True):
         yield normalize(images, info), split.labels[idx]
 
 
-def gather(split: Split, index_batches: list[Tensor]) -> Iterator[Tensor]:
-    """uint8 [B, C, H, W] on the split's device for each index batch: indexing of an
-    in-memory split, DataLoader workers decoding ahead for one on disk."""
+def gather(split: Split, index_batches: list[Tensor] | list[slice]) -> Iterator[Tensor]:
+    """uint8 [B, C, H, W] on the split's device for each index batch (indices or a slice):
+    indexing of an in-memory split (a slice is a view, no copy), DataLoader workers
+    decoding ahead for one on disk."""
     if isinstance(split.images, ImageFiles):
         yield from split.images.batches(index_batches, split.device)
         return

@@ -102,15 +102,18 @@ class ImageFiles:
         key = hashlib.sha256(f"{self.key}:{chosen}".encode()).hexdigest()[:24]
         return ImageFiles(tuple(self.paths[i] for i in chosen), self.shape, self.size, key)
 
-    def batches(self, index_batches: Sequence[Tensor], device: torch.device
+    def batches(self, index_batches: Sequence[Tensor] | Sequence[slice], device: torch.device
                 ) -> Iterator[Tensor]:
-        """uint8 ``[B, C, H, W]`` on ``device`` for each index batch, decoded ahead by workers."""
+        """uint8 ``[B, C, H, W]`` on ``device`` for each index batch (indices or a slice),
+        decoded ahead by workers."""
         if not index_batches:
             return
         from torch.utils.data import DataLoader
 
         workers = loader_workers()
-        loader = DataLoader(_Decoder(self), batch_sampler=[b.cpu().tolist() for b in index_batches],
+        sampler = [list(range(*b.indices(len(self)))) if isinstance(b, slice)
+                   else b.cpu().tolist() for b in index_batches]
+        loader = DataLoader(_Decoder(self), batch_sampler=sampler,
                             num_workers=workers, collate_fn=_Stack(self.shape),
                             pin_memory=device.type == "cuda",
                             prefetch_factor=2,
