@@ -63,3 +63,25 @@ def test_tables_from_stored_runs(tmp_path) -> None:
     assert "Not measured yet." in block  # the CIFAR experiment has no runs
     stored = json.loads((store / "mnist_hinton" / "teacher-s1.json").read_text())
     assert stored["test_errors"] == 72 and "weights" not in json.dumps(stored)
+
+
+def test_superseded_recipe_borrows_the_current_baselines(tmp_path) -> None:
+    """The first teacher recipe's table pairs its students with mnist_hinton's baselines
+    (a baseline never sees its teacher) and lists only its own runs."""
+    r = results_module()
+    store = tmp_path / "results"
+    for seed, e in enumerate([140, 150, 145]):
+        run = fake_run(tmp_path / "runs", f"baseline-{seed}", seed, e)
+        r.add(run, "mnist_hinton", "baseline", "distill ... baseline", store)
+    for seed, e in enumerate([100, 104]):
+        run = fake_run(tmp_path / "runs", f"old-distilled-{seed}", seed, e, {"T": 20, "alpha": 0.9})
+        r.add(run, "mnist_hinton_lr0.05", "distilled", "distill ... old", store)
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"{r.START}\n{r.END}\n")
+    block = r.tables(store, md)
+    old = block.split("### MNIST, the first teacher recipe")[1].split("### CIFAR")[0]
+    assert "| baseline (the runs of the table above) | 145.00 ± 5.00 (n=3) |" in old
+    assert ("| distilled (transfer set jittered) - baseline (paired) | -43.00 ± 4.24 (n=2) | "
+            "s0: -40.00, s1: -46.00 | |") in old
+    assert "| baseline | 0 |" not in old and "| distilled | 1 | 60 |" in old
+    assert "| teacher | not measured | - | 67 |" in old
