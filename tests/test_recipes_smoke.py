@@ -150,3 +150,16 @@ def test_mnist_reproduction_script_runs_every_variant(tmp_path) -> None:
     jitter = {n: yaml.safe_load((tmp_path / f"mnist-{n}-s3" / "recipe.yaml").read_text())
               ["student"]["augment"]["jitter"] for n in ("baseline", "distilled", "distilled-plain")}
     assert jitter == {"baseline": 0, "distilled": 2, "distilled-plain": 0}
+
+
+def test_mnist_reproduction_script_refuses_an_unknown_student(tmp_path) -> None:
+    """STUDENTS names the students to train; a typo stops the script before any training."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OUT": str(tmp_path), "STUDENTS": "distilled baseln"}
+    done = subprocess.run(["bash", str(root / "docs/results/mnist_hinton.sh"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (2, "STUDENTS: unknown 'baseln'")
+    assert not any(tmp_path.iterdir())

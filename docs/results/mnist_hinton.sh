@@ -11,6 +11,8 @@
 # the committed numbers; on a GPU keep JOBS=1). OUT=<folder> holds the runs (default outputs).
 # EXTRA="--set ..." is appended to every training command (CI's smoke test shrinks the runs).
 # RECORD=0 skips adding the runs to docs/results/ (for trial runs).
+# STUDENTS="distilled" trains only those students (default: baseline distilled distilled-plain);
+# the teachers are always trained (or found finished earlier).
 set -euo pipefail
 data="${1:?usage: mnist_hinton.sh <data dir> [seed ...]}"
 shift
@@ -36,6 +38,14 @@ train() {  # train <run name> <distill arguments...>
 }
 
 EXTRA="${EXTRA:-}"
+read -r -a students <<< "${STUDENTS:-baseline distilled distilled-plain}"
+declare -A student_args=([baseline]="--alpha 0" [distilled]="--set student.augment.jitter=2"
+                         [distilled-plain]="")
+declare -A variant_of=([baseline]=baseline [distilled]=distilled
+                       [distilled-plain]=distilled_plain)
+for kind in "${students[@]}"; do
+    [ -n "${variant_of[$kind]+x}" ] || { echo "STUDENTS: unknown '$kind'"; exit 2; }
+done
 mkdir -p "$out"
 student=(student --recipe mnist_hinton)
 for s in "${seeds[@]}"; do
@@ -44,9 +54,10 @@ done
 wait
 for s in "${seeds[@]}"; do
     teacher=(--teacher "$out/mnist-teacher-s$s" --seed "$s")
-    train "mnist-baseline-s$s" "${student[@]}" "${teacher[@]}" --alpha 0
-    train "mnist-distilled-s$s" "${student[@]}" "${teacher[@]}" --set student.augment.jitter=2
-    train "mnist-distilled-plain-s$s" "${student[@]}" "${teacher[@]}"
+    for kind in "${students[@]}"; do
+        # shellcheck disable=SC2086
+        train "mnist-$kind-s$s" "${student[@]}" "${teacher[@]}" ${student_args[$kind]}
+    done
 done
 wait
 
@@ -57,11 +68,11 @@ done
 [ "$failed" = 0 ] || exit 1
 if [ "${RECORD:-1}" = 1 ]; then
     for s in "${seeds[@]}"; do
-        for pair in teacher:teacher baseline:baseline distilled:distilled \
-                    distilled-plain:distilled_plain; do
-            name="mnist-${pair%%:*}-s$s"
+        for kind in teacher "${students[@]}"; do
+            name="mnist-$kind-s$s"
             python "$here/results.py" add "$out/$name" --experiment mnist_hinton \
-                --variant "${pair##*:}" --command "${commands[$name]}" > /dev/null
+                --variant "${variant_of[$kind]:-teacher}" --command "${commands[$name]}" \
+                > /dev/null
         done
     done
     python "$here/results.py" tables > /dev/null
