@@ -200,8 +200,10 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     tracker = Tracker(tracking, run_dir, job_type, recipe.model_dump(mode="json"), console,
                       run_id=env.get("wandb_id"))
     teacher_sha = source.sha256 if source is not None else None
+    wall_before = float(checkpoint.get("wall_seconds") or 0.0) if checkpoint else 0.0
     saver = (Checkpointer(run_dir, role, recipe, state, teacher_sha, resumes,
-                          recipe.checkpoint.every_epoch) if main else lambda where: None)
+                          recipe.checkpoint.every_epoch, wall_before) if main
+             else lambda where: None)
     start = time.perf_counter()
     try:
         with _progress(console, quiet or not main) as progress:
@@ -218,7 +220,8 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
         if not main:
             return RunResult(None, {})  # type: ignore[arg-type] - rank 0 holds the run
         summary = _finish(role, recipe, run_dir, state, data, teacher, source, log.read(),
-                          time.perf_counter() - start, tracker, resumes, teacher_eval)
+                          wall_before + time.perf_counter() - start, tracker, resumes,
+                          teacher_eval)
     except BaseException:
         tracker.finish(exit_code=1)
         raise
@@ -249,7 +252,9 @@ def _restore(state: TrainState, checkpoint: dict[str, Any], device: torch.device
                                   {k: torch.zeros_like(v) for k, v in state.sums.items()}), 0
     resumes = checkpoint.get("resumes", []) + [
         {"epoch": state.epoch, "step": state.step, "at": now_iso(),
-         "world_size": world.size if world else 1}]
+         "world_size": world.size if world else 1,
+         # the wall time of the segments before (None: a checkpoint older than this record)
+         "wall_seconds_before": checkpoint.get("wall_seconds")}]
     skip = os.environ.get(RESUME_SKIP_ENV, "")  # negative controls of the resume tests
     if "data_order" in skip:
         state.batch_in_epoch, state.sums, state.seen = 0, None, 0

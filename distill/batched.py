@@ -290,6 +290,7 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     console.print(f"  chunk {number}: {len(chunk)} students batched ({', '.join(names)})"
                   + (f", resuming after epoch {saved['epoch']}" if saved else ""), markup=False)
     start = time.perf_counter()
+    wall_before = float(saved.get("wall_seconds") or 0.0) if saved else 0.0
     models = []
     for r in recipes:
         seed_everything(r.seed)
@@ -332,11 +333,12 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
                      "params": {k: v.detach().cpu() for k, v in students.params.items()},
                      "buffers": {k: v.detach().cpu() for k, v in students.buffers.items()},
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "best": best}, path)
+                     "best": best, "wall_seconds": wall_before + time.perf_counter() - start},
+                    path)
 
     fit_stacked(students, optimizer, scheduler, data, teacher, recipes, on_epoch,
                 start_epoch=saved["epoch"] if saved else 0, on_epoch_end=on_epoch_end)
-    wall = time.perf_counter() - start
+    wall = wall_before + time.perf_counter() - start  # a resumed chunk counts its earlier time
     if teacher is not None and teacher_eval is None:
         teacher_eval = evaluate_teacher(teacher, data)
     for i, (r, run) in enumerate(zip(recipes, runs)):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,12 +148,23 @@ def copy_atomic(src: Path, dst: Path) -> None:
 
 class Checkpointer:
     """Called by the training loop at checkpoint points: writes ``checkpoint-last.pt`` and,
-    at an epoch that is the best on validation so far, ``checkpoint-best.pt`` too."""
+    at an epoch that is the best on validation so far, ``checkpoint-best.pt`` too.
+
+    Each checkpoint stores the run's wall time so far (``wall_seconds``: ``wall_before``, the
+    earlier segments' time, plus this process's since the Checkpointer was made), so a run
+    resumed any number of times reports its whole training time, not its last segment's.
+    """
 
     def __init__(self, run_dir: Path, role: str, recipe, state, teacher_sha256: str | None,
-                 resumes: list[dict[str, Any]], every_epoch: bool = True) -> None:
+                 resumes: list[dict[str, Any]], every_epoch: bool = True,
+                 wall_before: float = 0.0) -> None:
         self.run_dir, self.role, self.recipe, self.state = run_dir, role, recipe, state
         self.teacher_sha256, self.resumes, self.every_epoch = teacher_sha256, resumes, every_epoch
+        self.wall_before, self.started = wall_before, time.perf_counter()
+
+    def wall_seconds(self) -> float:
+        """The run's wall time so far: earlier segments plus this one."""
+        return self.wall_before + time.perf_counter() - self.started
 
     def __call__(self, where: str) -> None:
         if where == "epoch" and not self.every_epoch:
@@ -166,7 +178,7 @@ class Checkpointer:
                    "recipe_fingerprint": self.recipe.fingerprint(),
                    "state": self.state.state_dict(), "rng": rng_state(), "scaler": None,
                    "teacher_sha256": self.teacher_sha256, "resumes": self.resumes,
-                   "where": where}
+                   "where": where, "wall_seconds": self.wall_seconds()}
         last = self.run_dir / LAST
         save_atomic(payload, last)
         if where == "epoch" and self.state.best_epoch == self.state.epoch:

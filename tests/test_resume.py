@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 import distill.api as api
 from distill.checkpoint import (KILL_AFTER_SAVE_ENV, KILL_IN_SAVE_ENV, LAST, RESUME_SKIP_ENV,
-                                load_checkpoint)
+                                load_checkpoint, save_atomic)
 from distill.cli import app
 from distill.errors import DistillError
 
@@ -126,6 +126,21 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, reference, kille
     assert load_checkpoint(run / LAST)["state"]["batch_in_epoch"] == 15
     resume(run)
     assert_same_run(run, reference)
+
+
+def test_a_resumed_run_reports_the_wall_time_of_every_segment(tmp_path, killed_mid_epoch
+                                                               ) -> None:
+    """The summary's wall time is the whole run's, not the last segment's: the checkpoint
+    carries the time so far (set to 1000 s here so the sum is unmistakable)."""
+    run = tmp_path / "run"
+    shutil.copytree(killed_mid_epoch, run)
+    checkpoint = load_checkpoint(run / LAST)
+    assert 0 < checkpoint["wall_seconds"] < 600  # the killed segment's own time
+    save_atomic({**checkpoint, "wall_seconds": 1000.0}, run / LAST)
+    resume(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumes"][0]["wall_seconds_before"] == 1000.0
+    assert 1000.0 < summary["wall_seconds"] < 1600.0
 
 
 @pytest.mark.parametrize("skip", ["rng", "data_order"])

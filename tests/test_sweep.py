@@ -328,7 +328,7 @@ def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher)
     import subprocess
     import sys
 
-    from distill.checkpoint import KILL_AFTER_SAVE_ENV
+    from distill.checkpoint import KILL_AFTER_SAVE_ENV, load_checkpoint, save_atomic
 
     args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
             "--mode", "batched", "--wandb", "disabled", "-q"]
@@ -339,7 +339,10 @@ def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher)
                              str(tmp_path), "--name", "killed"], capture_output=True, text=True,
                             env={**os.environ, KILL_AFTER_SAVE_ENV: "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert len(list((tmp_path / "killed").glob("chunk-*.pt"))) == 1
+    (chunk,) = (tmp_path / "killed").glob("chunk-*.pt")
+    saved = load_checkpoint(chunk)
+    assert 0 < saved["wall_seconds"] < 600  # the killed segment's time, carried on
+    save_atomic({**saved, "wall_seconds": 1000.0}, chunk)  # unmistakable in the sum
     logged = (tmp_path / "killed" / "T2-a0.5-s0" / "metrics.jsonl").read_text()
     assert len(logged.splitlines()) == 1  # epoch 1 was logged before the kill
     again = runner.invoke(app, [*args, *sets, "--output-dir", str(tmp_path), "--name", "killed"])
@@ -348,7 +351,9 @@ def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher)
     after = (tmp_path / "killed" / "T2-a0.5-s0" / "metrics.jsonl").read_text().splitlines()
     assert after[0] == logged.splitlines()[0] and len(after) == 3
     assert not list((tmp_path / "killed").glob("chunk-*.pt"))
-    for cell in ("T2-a0.5-s0", "T4-a0.5-s0"):
+    for cell in ("T2-a0.5-s0", "T4-a0.5-s0"):  # the chunk's wall, shared by its 2 students
+        assert 500.0 < json.loads((tmp_path / "killed" / cell / "summary.json").read_text()
+                                  )["wall_seconds"] < 800.0
         assert close(tmp_path / "whole" / cell, tmp_path / "killed" / cell, atol=0.0)
         strip = lambda run: [{k: v for k, v in json.loads(x).items()  # noqa: E731
                               if k not in ("epoch_seconds", "images_per_second")}
