@@ -85,3 +85,28 @@ def test_superseded_recipe_borrows_the_current_baselines(tmp_path) -> None:
             "s0: -40.00, s1: -46.00 | |") in old
     assert "| baseline | 0 |" not in old and "| distilled | 1 | 60 |" in old
     assert "| teacher | not measured | - | 67 |" in old
+
+
+def test_a_resumed_run_counts_the_wall_time_of_every_segment(tmp_path) -> None:
+    """Resumed from a checkpoint that carried its time: the summary's wall stands. From an
+    older checkpoint (wall_seconds_before None or missing): the epochs' times from metrics.jsonl,
+    marked as such in the table, not the last segment's time alone."""
+    r = results_module()
+    store = tmp_path / "results"
+    carried = fake_run(tmp_path / "runs", "carried", 0, 70)
+    summary = json.loads((carried / "summary.json").read_text())
+    summary["resumes"] = [{"epoch": 30, "wall_seconds_before": 60.0}]
+    (carried / "summary.json").write_text(json.dumps(summary))
+    r.add(carried, "mnist_hinton", "teacher", "distill teach ...", store)
+    older = fake_run(tmp_path / "runs", "older", 1, 72)
+    summary = json.loads((older / "summary.json").read_text())  # wall 100: the last segment
+    summary["resumes"] = [{"epoch": 30}, {"epoch": 40, "wall_seconds_before": None}]
+    (older / "summary.json").write_text(json.dumps(summary))
+    (older / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "epoch_seconds": 20.5}) + "\n" for e in range(1, 61)))
+    r.add(older, "mnist_hinton", "teacher", "distill teach ...", store)
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"{r.START}\n{r.END}\n")
+    block = r.tables(store, md)
+    assert "| teacher | 0 | 60 | - | - | 100 (resumed 1x) | H100 |" in block
+    assert "| teacher | 1 | 60 | - | - | 1230 (sum of epoch times, resumed 2x) | H100 |" in block

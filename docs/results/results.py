@@ -67,7 +67,7 @@ def add(run: Path, experiment: str, variant: str, command: str, results: Path = 
         "experiment": experiment, "variant": variant, "run": summary["run"],
         "seed": summary["seed"], "epochs": summary["epochs"],
         "test_accuracy": summary["test"]["accuracy"], "test_errors": summary["test"]["errors"],
-        "n_test": summary["test"]["n"], "wall_seconds": summary["wall_seconds"],
+        "n_test": summary["test"]["n"], **_wall(run, summary),
         "kd": summary.get("kd"), "best_on_val": summary.get("best_on_val"),
         "device": env.get("device"), "gpu": env.get("gpu"), "cpu_count": env.get("cpu_count"),
         "git_commit": env.get("git_commit"),
@@ -77,6 +77,28 @@ def add(run: Path, experiment: str, variant: str, command: str, results: Path = 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
     return out
+
+
+def _wall(run: Path, summary: dict) -> dict:
+    """The run's wall time over all its segments, and how many times it was resumed. A
+    checkpoint older than the wall-time record (a resume whose ``wall_seconds_before`` is None
+    or missing) leaves only the last segment in the summary; the epochs' own times, summed from
+    metrics.jsonl, then stand for the whole run (setup and evaluation not included)."""
+    resumes = summary.get("resumes") or []
+    if any(r.get("wall_seconds_before") is None for r in resumes):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        epochs = sum(json.loads(line)["epoch_seconds"] for line in lines if line.strip())
+        return {"wall_seconds": round(epochs, 2), "wall_from": "epoch times",
+                "resumes": len(resumes)}
+    return {"wall_seconds": summary["wall_seconds"], "resumes": len(resumes)}
+
+
+def _wall_cell(record: dict) -> str:
+    """The runs table's wall cell: seconds, with how they were counted when not plainly."""
+    notes = [f"resumed {record['resumes']}x"] if record.get("resumes") else []
+    if record.get("wall_from"):
+        notes.insert(0, f"sum of {record['wall_from']}")
+    return f"{record['wall_seconds']:.0f}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def load(results: Path = HERE) -> dict[str, list[dict]]:
@@ -126,7 +148,7 @@ def table(experiment: str, records: list[dict], borrowed: list[dict] = ()) -> st
     for r in sorted(records, key=lambda r: (VARIANTS.index(r["variant"]), r["seed"])):
         kd = r.get("kd") or {}
         lines.append(f"| {r['variant']} | {r['seed']} | {r['epochs']} | {kd.get('T', '-')} | "
-                     f"{kd.get('alpha', '-')} | {r['wall_seconds']:.0f} | "
+                     f"{kd.get('alpha', '-')} | {_wall_cell(r)} | "
                      f"{_machine(r)} | `{r['command']}` |")
     return "\n".join(lines)
 
