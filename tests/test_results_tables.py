@@ -60,6 +60,16 @@ def test_tables_from_stored_runs(tmp_path) -> None:
     assert ("| distilled (no jitter, as published) - baseline (paired) | -52.50 ± 3.54 (n=2) | "
             "s0: -50.00, s1: -55.00 | |") in block
     assert "| distilled_plain | 1 | 60 | 20 | 0.9 | 100 | CPU (2 cores) |" in block
+    assert "alpha chosen on validation" not in block
+    run = fake_run(tmp_path / "runs", "val-0", 0, 75, {"T": 20, "alpha": 0.5})
+    r.add(run, "mnist_hinton", "distilled_val", "distill ... --alpha 0.5", store)
+    block = r.tables(store, md)
+    rows = block.splitlines()
+    val_row = "| distilled (jittered), alpha chosen on validation | 75.00 ± 0.00 (n=1) | s0: 75 |"
+    position = {x.split(" | ")[0]: i for i, x in enumerate(rows)}
+    assert rows[position["| distilled (transfer set jittered)"] + 1].startswith(val_row)
+    assert ("| distilled (jittered), alpha chosen on validation - baseline (paired) | "
+            "-65.00 ± 0.00 (n=1) | s0: -65.00 | |") in block
     assert "Not measured yet." in block  # the CIFAR experiment has no runs
     stored = json.loads((store / "mnist_hinton" / "teacher-s1.json").read_text())
     assert stored["test_errors"] == 72 and "weights" not in json.dumps(stored)
