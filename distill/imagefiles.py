@@ -2,15 +2,18 @@
 
 An :class:`ImageFiles` stands where an in-memory split holds its uint8 ``[N, C, H, W]``
 tensor. Batches are decoded by ``torch.utils.data.DataLoader`` workers
-(``num_workers = min(8, CPU cores)``, pinned memory when the device is a GPU) in exactly the
-index order the in-memory path would use, so both paths give the same batches, the same
-augmentation and the same training run; only where the pixels wait differs.
+(``num_workers = min(8, CPU cores)``, pinned memory when the device is a GPU, workers kept
+from one epoch to the next) in exactly the index order the in-memory path would use, so
+both paths give the same batches, the same augmentation and the same training run; only
+where the pixels wait differs.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -105,21 +108,15 @@ class ImageFiles:
     def batches(self, index_batches: Sequence[Tensor] | Sequence[slice], device: torch.device
                 ) -> Iterator[Tensor]:
         """uint8 ``[B, C, H, W]`` on ``device`` for each index batch (indices or a slice),
-        decoded ahead by workers."""
+        decoded ahead by workers that persist from one pass (epoch) to the next."""
         if not index_batches:
             return
-        from torch.utils.data import DataLoader
-
-        workers = loader_workers()
-        sampler = [list(range(*b.indices(len(self)))) if isinstance(b, slice)
-                   else b.cpu().tolist() for b in index_batches]
-        loader = DataLoader(_Decoder(self), batch_sampler=sampler,
-                            num_workers=workers, collate_fn=_Stack(self.shape),
-                            pin_memory=device.type == "cuda",
-                            prefetch_factor=2,
-                            generator=torch.Generator())  # leaves the global RNG (dropout) alone
-        batches = iter(loader)
-        failure = None
+        order = [list(range(*b.indices(len(self)))) if isinstance(b, slice)
+                 else b.cpu().tolist() for b in index_batches]
+        pool = _pool_for(self, device.type == "cuda")
+        pool.order = order
+        batches = iter(pool.loader)
+        pool.busy, failure = True, None
         try:
             while True:
                 try:
@@ -130,13 +127,88 @@ class ImageFiles:
                     failure = _one_line(exc)
                     break
                 yield images.to(device, non_blocking=True)
-        finally:  # stop the workers now, not whenever the iterator is collected
-            stop = getattr(batches, "_shutdown_workers", None)  # torch's own shutdown
-            if stop is not None:
-                stop()
+        finally:
+            pool.busy = False  # a pass left unfinished is drained when the next one starts
             del batches
+            if failure is not None or not pool.kept:
+                pool.close()
         if failure is not None:  # raised here, so no traceback keeps the workers alive
             raise DataError(failure)
+
+
+class _Order:
+    """The loader's batch sampler: the index batches of the current pass, set before each."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _Pool:
+    """A DataLoader and its worker processes for one set of files. ``kept`` pools stay
+    alive between passes (persistent workers, as the field's loops use); a pool asked for
+    while its files are already being read is a one-off, closed after its pass."""
+
+    def __init__(self, files: "ImageFiles", pin: bool, kept: bool) -> None:
+        from torch.utils.data import DataLoader
+
+        self._order, self.kept, self.busy = _Order(), kept, False
+        self.loader = DataLoader(_Decoder(files), batch_sampler=self._order,
+                                 num_workers=loader_workers(), collate_fn=_Stack(files.shape),
+                                 pin_memory=pin, prefetch_factor=2, persistent_workers=kept,
+                                 generator=torch.Generator())  # the global RNG stays untouched
+
+    @property
+    def order(self) -> list[list[int]]:
+        return self._order.batches
+
+    @order.setter
+    def order(self, batches: list[list[int]]) -> None:
+        self._order.batches = batches
+
+    def close(self) -> None:
+        """Stop the workers now, not whenever the loader is collected."""
+        running = getattr(self.loader, "_iterator", None)
+        stop = getattr(running, "_shutdown_workers", None)  # torch's own shutdown
+        if stop is not None:
+            stop()
+        self.loader._iterator = None
+        for key, pool in list(_POOLS.items()):
+            if pool is self:
+                del _POOLS[key]
+
+
+_POOLS: "OrderedDict[tuple[str, bool], _Pool]" = OrderedDict()
+_POOLS_KEPT = 3  # a run's train, val and test splits; older pools are closed
+
+
+def _pool_for(files: ImageFiles, pin: bool) -> _Pool:
+    """The kept pool for ``files``, made if needed (the least recently used beyond
+    ``_POOLS_KEPT`` is closed); a one-off pool when the kept one is mid-pass."""
+    key = (files.key, pin)
+    pool = _POOLS.get(key)
+    if pool is not None and pool.busy:
+        return _Pool(files, pin, kept=False)
+    if pool is None:
+        pool = _POOLS[key] = _Pool(files, pin, kept=True)
+        while len(_POOLS) > _POOLS_KEPT:
+            next(iter(_POOLS.values())).close()
+    _POOLS.move_to_end(key)
+    return pool
+
+
+def close_pools() -> None:
+    """Stop every kept worker pool (at exit, and for tests that count processes)."""
+    for pool in list(_POOLS.values()):
+        pool.close()
+
+
+atexit.register(close_pools)
 
 
 class _Decoder:

@@ -17,7 +17,7 @@ from distill import api
 from distill.augment import BatchAugment
 from distill.data import eval_batches, indexed_train_batches, load_data
 from distill.errors import DataError, RecipeError
-from distill.imagefiles import ImageFiles
+from distill.imagefiles import ImageFiles, close_pools
 from distill.recipe import AugmentConfig, DataConfig
 
 
@@ -131,10 +131,38 @@ def test_an_image_failing_in_a_worker_is_a_one_line_error_and_stops_the_workers(
     bad = root / "test" / "c2" / "01.png"
     bad.write_bytes(bad.read_bytes()[:60])  # the header reads, the pixels do not decode
     bundle = load_data(DataConfig(name=f"imagefolder:{root}", val_size=0, in_memory=False))
+    close_pools()  # the workers other tests kept
     with pytest.raises(DataError) as exc:
         list(eval_batches(bundle.test, bundle.info))
     message = str(exc.value)
     assert message.startswith(f"{bad}: cannot be decoded (") and "\n" not in message
+    assert multiprocessing.active_children() == []
+
+
+def test_workers_persist_between_passes_and_an_unfinished_pass_is_drained(
+        tmp_path: Path) -> None:
+    """Epoch after epoch the same worker processes decode (no start-up cost per epoch); a
+    pass abandoned after one batch leaves nothing behind for the next pass to serve."""
+    import multiprocessing
+
+    memory, disk = both(noisy_image_folder(tmp_path / "f"), val_size=0, data_seed=3)
+    close_pools()
+    kw = dict(batch_size=5, data_seed=3, start=0)
+    want = [list(indexed_train_batches(memory.train, memory.info, epoch=e, **kw))
+            for e in (1, 2)]
+    got1 = list(indexed_train_batches(disk.train, disk.info, epoch=1, **kw))
+    workers = {p.pid for p in multiprocessing.active_children()}
+    assert workers  # kept after the pass
+    unfinished = indexed_train_batches(disk.train, disk.info, epoch=2, **kw)
+    next(unfinished)
+    unfinished.close()  # e.g. a run stopped mid-epoch; its prefetched batches are pending
+    got2 = list(indexed_train_batches(disk.train, disk.info, epoch=2, **kw))
+    assert {p.pid for p in multiprocessing.active_children()} == workers
+    for want_epoch, got_epoch in ((want[0], got1), (want[1], got2)):
+        assert len(got_epoch) == len(want_epoch) == 7  # 36 images: 7 x 5 (a last 1 is dropped)
+        for (xa, ya, ia), (xb, yb, ib) in zip(want_epoch, got_epoch):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+    close_pools()
     assert multiprocessing.active_children() == []
 
 
