@@ -137,7 +137,7 @@ def test_shipped_mnist_hinton() -> None:
     assert r.student.model.hidden_sizes == [800, 800]
     assert r.student.model.dropout is None  # not inherited from anywhere
     assert r.student.T == 20.0
-    assert r.student.alpha == 0.9
+    assert r.student.alpha == 0.5  # chosen on validation (docs/results/mnist_hinton_val_sweep.csv)
     assert r.student.epochs == 100
 
 

@@ -138,18 +138,19 @@ def test_mnist_reproduction_script_runs_every_variant(tmp_path) -> None:
                            str(shared_data_dir()), "3"], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    runs = {name: summary(tmp_path / f"mnist-{name}-s3")
-            for name in ("teacher", "baseline", "distilled", "distilled-plain")}
+    students = ("baseline", "distilled-val", "distilled", "distilled-plain")
+    runs = {name: summary(tmp_path / f"mnist-{name}-s3") for name in ("teacher", *students)}
     assert all(s["seed"] == 3 and s["data"]["train"] == 300 and s["data"]["val"] == 0
                for s in runs.values())
     assert runs["baseline"]["kd"]["alpha"] == 0.0
+    assert runs["distilled-val"]["kd"] == {"T": 20.0, "alpha": 0.5}  # the recipe's
     assert runs["distilled"]["kd"] == runs["distilled-plain"]["kd"] == {"T": 20.0, "alpha": 0.9}
     teacher = str(tmp_path / "mnist-teacher-s3")
-    for name in ("baseline", "distilled", "distilled-plain"):
+    for name in students:
         assert runs[name]["teacher"]["location"] == teacher, runs[name]["teacher"]
     jitter = {n: yaml.safe_load((tmp_path / f"mnist-{n}-s3" / "recipe.yaml").read_text())
-              ["student"]["augment"]["jitter"] for n in ("baseline", "distilled", "distilled-plain")}
-    assert jitter == {"baseline": 0, "distilled": 2, "distilled-plain": 0}
+              ["student"]["augment"]["jitter"] for n in students}
+    assert jitter == {"baseline": 0, "distilled-val": 2, "distilled": 2, "distilled-plain": 0}
 
 
 def test_mnist_reproduction_script_refuses_an_unknown_student(tmp_path) -> None:

@@ -46,7 +46,7 @@ def test_tables_from_stored_runs(tmp_path) -> None:
     assert "| teacher | 72.00 ± 2.00 (n=3) | s0: 70, s1: 72, s2: 74 | 67 |" in block
     assert "| baseline | 145.00 ± 5.00 (n=3) |" in block
     # paired per seed: 80-140, 84-150, 82-145
-    assert ("| distilled (transfer set jittered) - baseline (paired) | -63.00 ± 3.00 (n=3) | "
+    assert ("| distilled (jittered), alpha 0.9 - baseline (paired) | -63.00 ± 3.00 (n=3) | "
             "s0: -60.00, s1: -66.00, s2: -63.00 | |") in block
     assert "| distilled | 0 | 60 | 20 | 0.9 | 100 | H100 | `distill ... distilled` |" in block
     assert "no jitter" not in block  # the optional row appears only with its runs
@@ -67,7 +67,7 @@ def test_tables_from_stored_runs(tmp_path) -> None:
     rows = block.splitlines()
     val_row = "| distilled (jittered), alpha chosen on validation | 75.00 ± 0.00 (n=1) | s0: 75 |"
     position = {x.split(" | ")[0]: i for i, x in enumerate(rows)}
-    assert rows[position["| distilled (transfer set jittered)"] + 1].startswith(val_row)
+    assert rows[position["| distilled (jittered), alpha 0.9"] + 1].startswith(val_row)
     assert ("| distilled (jittered), alpha chosen on validation - baseline (paired) | "
             "-65.00 ± 0.00 (n=1) | s0: -65.00 | |") in block
     assert "Not measured yet." in block  # the CIFAR experiment has no runs
@@ -91,7 +91,7 @@ def test_superseded_recipe_borrows_the_current_baselines(tmp_path) -> None:
     block = r.tables(store, md)
     old = block.split("### MNIST, the first teacher recipe")[1].split("### CIFAR")[0]
     assert "| baseline (the runs of the table above) | 145.00 ± 5.00 (n=3) |" in old
-    assert ("| distilled (transfer set jittered) - baseline (paired) | -43.00 ± 4.24 (n=2) | "
+    assert ("| distilled (jittered), alpha 0.9 - baseline (paired) | -43.00 ± 4.24 (n=2) | "
             "s0: -40.00, s1: -46.00 | |") in old
     assert "| baseline | 0 |" not in old and "| distilled | 1 | 60 |" in old
     assert "| teacher | not measured | - | 67 |" in old

@@ -34,7 +34,7 @@ EXPERIMENTS = {
         "published": {"teacher": "67", "baseline": "146",
                       "distilled": "74 (the paper's, without jitter)",
                       "distilled_val": "74 (the paper's, without jitter)", "distilled_plain": "74"},
-        "labels": {"distilled": "distilled (transfer set jittered)",
+        "labels": {"distilled": "distilled (jittered), alpha 0.9",
                    "distilled_val": "distilled (jittered), alpha chosen on validation",
                    "distilled_plain": "distilled (no jitter, as published)"},
     },
