@@ -129,9 +129,9 @@ class ImageFiles:
                 yield images.to(device, non_blocking=True)
         finally:
             pool.busy = False  # a pass left unfinished is drained when the next one starts
-            del batches
             if failure is not None or not pool.kept:
-                pool.close()
+                pool.close(batches)
+            del batches
         if failure is not None:  # raised here, so no traceback keeps the workers alive
             raise DataError(failure)
 
@@ -171,9 +171,10 @@ class _Pool:
     def order(self, batches: list[list[int]]) -> None:
         self._order.batches = batches
 
-    def close(self) -> None:
-        """Stop the workers now, not whenever the loader is collected."""
-        running = getattr(self.loader, "_iterator", None)
+    def close(self, running: Iterator[Tensor] | None = None) -> None:
+        """Stop the workers now, not whenever the loader is collected (``running``: the
+        pass's iterator, which a one-off loader does not keep)."""
+        running = running if running is not None else getattr(self.loader, "_iterator", None)
         stop = getattr(running, "_shutdown_workers", None)  # torch's own shutdown
         if stop is not None:
             stop()

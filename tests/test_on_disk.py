@@ -158,6 +158,12 @@ def test_workers_persist_between_passes_and_an_unfinished_pass_is_drained(
     unfinished.close()  # e.g. a run stopped mid-epoch; its prefetched batches are pending
     got2 = list(indexed_train_batches(disk.train, disk.info, epoch=2, **kw))
     assert {p.pid for p in multiprocessing.active_children()} == workers
+    open_pass = indexed_train_batches(disk.train, disk.info, epoch=2, **kw)
+    next(open_pass)  # the kept workers are mid-pass: a second reader gets its own, for one pass
+    again = list(indexed_train_batches(disk.train, disk.info, epoch=1, **kw))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(again, got1, strict=True))
+    assert {p.pid for p in multiprocessing.active_children()} == workers  # those are gone
+    open_pass.close()
     for want_epoch, got_epoch in ((want[0], got1), (want[1], got2)):
         assert len(got_epoch) == len(want_epoch) == 7  # 36 images: 7 x 5 (a last 1 is dropped)
         for (xa, ya, ia), (xb, yb, ib) in zip(want_epoch, got_epoch):
