@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_model, save_file
 
 from distill.augment import build_augment
-from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, check_resumable, check_same_teacher, clean_stale,
-                                resume_folder, set_deterministic, set_rng_state)
+from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, carried_wall, check_resumable,
+                                check_same_teacher, clean_stale, resume_folder,
+                                set_deterministic, set_rng_state)
 from distill.data import DataBundle, load_data, num_batches
 from distill.distributed import World, check_batch, seed_rank, teardown, wrap
 from distill.distributed import setup as dist_setup
@@ -200,11 +200,9 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     tracker = Tracker(tracking, run_dir, job_type, recipe.model_dump(mode="json"), console,
                       run_id=env.get("wandb_id"))
     teacher_sha = source.sha256 if source is not None else None
-    wall_before = float(checkpoint.get("wall_seconds") or 0.0) if checkpoint else 0.0
     saver = (Checkpointer(run_dir, role, recipe, state, teacher_sha, resumes,
-                          recipe.checkpoint.every_epoch, wall_before) if main
+                          recipe.checkpoint.every_epoch, carried_wall(checkpoint)) if main
              else lambda where: None)
-    start = time.perf_counter()
     try:
         with _progress(console, quiet or not main) as progress:
             def on_epoch(record: dict[str, Any]) -> None:
@@ -220,8 +218,7 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
         if not main:
             return RunResult(None, {})  # type: ignore[arg-type] - rank 0 holds the run
         summary = _finish(role, recipe, run_dir, state, data, teacher, source, log.read(),
-                          wall_before + time.perf_counter() - start, tracker, resumes,
-                          teacher_eval)
+                          saver.wall_seconds(), tracker, resumes, teacher_eval)
     except BaseException:
         tracker.finish(exit_code=1)
         raise

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from distill.augment import build_augment
-from distill.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
+from distill.checkpoint import FORMAT_VERSION, carried_wall, load_checkpoint, save_atomic
 from distill.data import DataBundle, eval_batches, indexed_train_batches, load_data, num_batches
 from distill.engine import autocast, resolve_device, resolve_precision
 from distill.models import build_model
@@ -290,7 +290,7 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     console.print(f"  chunk {number}: {len(chunk)} students batched ({', '.join(names)})"
                   + (f", resuming after epoch {saved['epoch']}" if saved else ""), markup=False)
     start = time.perf_counter()
-    wall_before = float(saved.get("wall_seconds") or 0.0) if saved else 0.0
+    wall_before = carried_wall(saved)
     models = []
     for r in recipes:
         seed_everything(r.seed)

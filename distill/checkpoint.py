@@ -146,6 +146,12 @@ def copy_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def carried_wall(checkpoint: dict[str, Any] | None) -> float:
+    """The wall seconds a checkpoint's run had spent before it was saved (0 for a fresh run,
+    or a checkpoint older than the record)."""
+    return float((checkpoint or {}).get("wall_seconds") or 0.0)
+
+
 class Checkpointer:
     """Called by the training loop at checkpoint points: writes ``checkpoint-last.pt`` and,
     at an epoch that is the best on validation so far, ``checkpoint-best.pt`` too.

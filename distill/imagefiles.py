@@ -114,7 +114,7 @@ class ImageFiles:
         order = [list(range(*b.indices(len(self)))) if isinstance(b, slice)
                  else b.cpu().tolist() for b in index_batches]
         pool = _pool_for(self, device.type == "cuda")
-        pool.order = order
+        pool.order.batches = order
         batches = iter(pool.loader)
         pool.busy, failure = True, None
         try:
@@ -157,19 +157,12 @@ class _Pool:
     def __init__(self, files: "ImageFiles", pin: bool, kept: bool) -> None:
         from torch.utils.data import DataLoader
 
-        self._order, self.kept, self.busy = _Order(), kept, False
-        self.loader = DataLoader(_Decoder(files), batch_sampler=self._order,
+        self.key = (files.key, pin)  # its place in _POOLS when kept
+        self.order, self.kept, self.busy = _Order(), kept, False
+        self.loader = DataLoader(_Decoder(files), batch_sampler=self.order,
                                  num_workers=loader_workers(), collate_fn=_Stack(files.shape),
                                  pin_memory=pin, prefetch_factor=2, persistent_workers=kept,
                                  generator=torch.Generator())  # the global RNG stays untouched
-
-    @property
-    def order(self) -> list[list[int]]:
-        return self._order.batches
-
-    @order.setter
-    def order(self, batches: list[list[int]]) -> None:
-        self._order.batches = batches
 
     def close(self, running: Iterator[Tensor] | None = None) -> None:
         """Stop the workers now, not whenever the loader is collected (``running``: the
@@ -179,9 +172,8 @@ class _Pool:
         if stop is not None:
             stop()
         self.loader._iterator = None
-        for key, pool in list(_POOLS.items()):
-            if pool is self:
-                del _POOLS[key]
+        if self.kept:
+            _POOLS.pop(self.key, None)
 
 
 _POOLS: "OrderedDict[tuple[str, bool], _Pool]" = OrderedDict()
@@ -191,15 +183,14 @@ _POOLS_KEPT = 3  # a run's train, val and test splits; older pools are closed
 def _pool_for(files: ImageFiles, pin: bool) -> _Pool:
     """The kept pool for ``files``, made if needed (the least recently used beyond
     ``_POOLS_KEPT`` is closed); a one-off pool when the kept one is mid-pass."""
-    key = (files.key, pin)
-    pool = _POOLS.get(key)
+    pool = _POOLS.get((files.key, pin))
     if pool is not None and pool.busy:
         return _Pool(files, pin, kept=False)
     if pool is None:
-        pool = _POOLS[key] = _Pool(files, pin, kept=True)
+        pool = _POOLS[(files.key, pin)] = _Pool(files, pin, kept=True)
         while len(_POOLS) > _POOLS_KEPT:
             next(iter(_POOLS.values())).close()
-    _POOLS.move_to_end(key)
+    _POOLS.move_to_end(pool.key)
     return pool
 
 
