@@ -177,7 +177,10 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
              else torch.preserve_format)
     teacher_eval = None
     if teacher is not None:
-        teacher.to(device)
+        _, teacher_channels_last = resolve_precision(recipe.amp, recipe.channels_last, device,
+                                                     teacher)
+        teacher.to(device, memory_format=torch.channels_last if teacher_channels_last
+                   else torch.preserve_format)
         teacher_eval = prepare_teacher(teacher, source, data, recipe, console, write=main)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, num_batches(len(data.train), cfg.batch_size),

@@ -173,7 +173,7 @@ class Recipe(_Strict):
     output_dir: str = "outputs"
     deterministic: bool = False  # torch's deterministic algorithms (bitwise repeatable on GPU)
     amp: bool | None = None  # bf16 autocast (loss in float32); None: on where the GPU has bf16
-    channels_last: bool | None = None  # channels-last memory for conv nets; None: on GPU
+    channels_last: bool | None = None  # channels-last memory for conv nets; None: on CUDA and CPU
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: RoleConfig = Field(default_factory=_default_teacher)
