@@ -27,7 +27,7 @@ from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, carried_wall, che
                                 check_same_teacher, clean_stale, resume_folder,
                                 set_deterministic, set_rng_state)
 from distill.data import DataBundle, load_data, num_batches
-from distill.distributed import World, check_batch, seed_rank, teardown, wrap
+from distill.distributed import World, check_batch, main_first, seed_rank, teardown, wrap
 from distill.distributed import setup as dist_setup
 from distill.engine import (LoopConfig, TrainState, fit, predict, resolve_device,
                             resolve_precision)
@@ -152,7 +152,8 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     checkpoint = check_resumable(resume, role, recipe, allow_changes) if resume else None
     device = resolve_device(device_name)
     set_deterministic(recipe.deterministic)
-    data = load_data(recipe.data)
+    with main_first(world):  # rank 0 fills the data caches, the others read them
+        data = load_data(recipe.data)
     teacher, source = _student_teacher(recipe, data) if role == "student" else (None, None)
     if checkpoint is not None and source is not None:
         check_same_teacher(checkpoint, source.sha256, source.location)
@@ -181,7 +182,8 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
                                                      teacher)
         teacher.to(device, memory_format=torch.channels_last if teacher_channels_last
                    else torch.preserve_format)
-        teacher_eval = prepare_teacher(teacher, source, data, recipe, console, write=main)
+        with main_first(world):  # and the teacher-logits cache
+            teacher_eval = prepare_teacher(teacher, source, data, recipe, console, write=main)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, num_batches(len(data.train), cfg.batch_size),
                                 cfg.epochs)

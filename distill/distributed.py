@@ -13,6 +13,8 @@ GPU, gloo on CPU). How a run is split:
   rounding; dropout draws other masks per rank, and BatchNorm normalises per shard);
 - only rank 0 writes: the run folder, checkpoints, metrics, plots, wandb; it also evaluates
   (validation each epoch, test at the end) over whole splits, so every sample counts once;
+- what is computed once and cached (decoded images, normalisation constants, teacher logits)
+  is computed by rank 0 while the others wait (:func:`main_first`), then read by them;
 - epoch loss sums are reduced across ranks before they are logged or checkpointed, and the
   checkpoint holds the unwrapped model, so a checkpoint resumes under DDP or in one process.
 """
@@ -20,7 +22,10 @@ GPU, gloo on CPU). How a run is split:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -75,6 +80,33 @@ def teardown(world: World | None) -> None:
     if world is not None and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+CACHE_WAIT = timedelta(hours=6)  # rank 0 may decode a large image folder on a cold cache
+
+
+@contextmanager
+def main_first(world: World | None) -> Iterator[None]:
+    """Run the block on rank 0 first, and on the other ranks once rank 0 has left it, so the
+    caches rank 0 fills there (decoded images, normalisation constants, teacher logits) are
+    read by the others rather than computed again by each. Outside torchrun: just the block.
+
+    The wait is a barrier on a gloo group of its own with a long timeout (:data:`CACHE_WAIT`):
+    decoding a large folder can outlast the training group's collective timeout. Rank 0
+    releases the others also when the block raises; they then meet the error themselves.
+    """
+    if world is None:
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=CACHE_WAIT)
+    if not world.is_main:
+        dist.barrier(group=group)
+    try:
+        yield
+    finally:
+        if world.is_main:
+            dist.barrier(group=group)
+        dist.destroy_process_group(group)
 
 
 def check_batch(batch_size: int, world: World | None) -> None:

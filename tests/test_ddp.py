@@ -144,3 +144,42 @@ def test_augmented_training_under_torchrun_equals_one_process(runs) -> None:
     single(*TEACH, *jitter, "--output-dir", str(out / "aug"), "--name", "one")
     assert close(out / "aug" / "ddp", out / "aug" / "one")
     assert not close(out / "aug" / "one", runs["one"], atol=1e-2)  # jitter changed training
+
+
+MAIN_FIRST = """
+import os, sys, time
+from pathlib import Path
+from distill.distributed import main_first, setup, teardown
+
+world, _ = setup("cpu")
+log = Path(sys.argv[1])
+try:
+    with main_first(world):
+        with log.open("a") as f:
+            f.write(f"start {world.rank}\\n")
+        time.sleep(1.0 if world.is_main else 0.0)
+        with log.open("a") as f:
+            f.write(f"end {world.rank}\\n")
+        if world.is_main and sys.argv[2] == "fail":
+            raise RuntimeError("rank 0 failed")
+except RuntimeError:
+    pass
+with log.open("a") as f:
+    f.write(f"after {world.rank}\\n")
+teardown(world)
+"""
+
+
+@pytest.mark.parametrize("rank0", ["ok", "fail"])
+def test_rank_0_fills_caches_before_the_others_start(tmp_path: Path, rank0: str) -> None:
+    script, log = tmp_path / "main_first.py", tmp_path / "log"
+    script.write_text(MAIN_FIRST)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", str(script), str(log), rank0],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = log.read_text().splitlines()
+    # rank 1 enters the block only after rank 0 has left it (also when rank 0's block raised)
+    assert lines.index("start 1") > lines.index("end 0"), lines
+    assert sorted(lines) == sorted(["start 0", "end 0", "after 0",
+                                    "start 1", "end 1", "after 1"])
