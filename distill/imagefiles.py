@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import itertools
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -111,8 +112,10 @@ class ImageFiles:
         decoded ahead by workers that persist from one pass (epoch) to the next."""
         if not index_batches:
             return
+        tensors = [b for b in index_batches if not isinstance(b, slice)]
+        flat = iter(torch.cat(tensors).cpu().tolist() if tensors else ())  # one device sync
         order = [list(range(*b.indices(len(self)))) if isinstance(b, slice)
-                 else b.cpu().tolist() for b in index_batches]
+                 else list(itertools.islice(flat, len(b))) for b in index_batches]
         pool = _pool_for(self, device.type == "cuda")
         pool.order.batches = order
         batches = iter(pool.loader)
