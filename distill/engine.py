@@ -175,9 +175,8 @@ def train_step(state: TrainState, x: Tensor, y: Tensor, cfg: LoopConfig,
     else:
         teacher_logits = None
         if teacher is not None and cfg.alpha > 0:
-            cached = isinstance(teacher, FrozenTeacher) and idx is not None
             with autocast(x.device, cfg.amp):
-                teacher_logits = teacher.batch_logits(x, idx) if cached else teacher(x)
+                teacher_logits = teacher.batch_logits(x, idx)
         parts = distillation_loss(logits, teacher_logits, y, cfg.T, cfg.alpha,
                                   cfg.label_smoothing)
     state.optimizer.zero_grad(set_to_none=True)

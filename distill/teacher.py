@@ -51,9 +51,10 @@ class FrozenTeacher(nn.Module):
         instead of running the model; None runs it again."""
         self.train_logits = train_logits
 
-    def batch_logits(self, x: Tensor, idx: Tensor) -> Tensor:
-        """Logits ``[B, K]`` of training batch ``x`` whose training-set indices are ``idx``."""
-        if self.train_logits is not None:
+    def batch_logits(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Logits ``[B, K]`` of training batch ``x`` whose training-set indices are ``idx``
+        (from the cache when there is one and ``idx`` is given, else from the model)."""
+        if self.train_logits is not None and idx is not None:
             return self.train_logits[idx]
         return self(x)
 

@@ -57,12 +57,23 @@ def test_teacher_weights_and_running_stats_unchanged_after_student_training(digi
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
+class _UnfrozenTeacher(nn.Module):
+    """A teacher as it would be without FrozenTeacher: the model in train mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.train()
+
+    def batch_logits(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(x)
+
+
 def test_control_an_unfrozen_teacher_would_change(digits) -> None:
     """The comparison above can fail: the same model, not frozen and in train mode, has its
     BatchNorm running statistics moved by the student's batches."""
-    model = _bn_dropout_teacher(digits.info).train()
+    model = _bn_dropout_teacher(digits.info)
     before = _snapshot(model)
-    _train_student(digits, model)
+    _train_student(digits, _UnfrozenTeacher(model))
     after = _snapshot(model)
     assert any(not torch.equal(before[k], after[k]) for k in before if "running_mean" in k)
 
