@@ -47,6 +47,19 @@ def cpu_augment(cfg):
     return lambda image: aug(image.unsqueeze(0), seed=next(counter))[0]
 
 
+def pipeline(recipe, suffix: str, teacher_run=None) -> tuple[api.RunResult, dict[str, float]]:
+    """``distill teach`` then ``distill student`` from that teacher (or from ``teacher_run``,
+    so every student learns from the same one): their wall seconds and test accuracies."""
+    teacher = api.teach(recipe, name=f"teacher{suffix}", quiet=True)
+    source = teacher_run or teacher
+    student = api.student(recipe, {"student.teacher": str(source.run_dir)},
+                          name=f"student{suffix}", quiet=True)
+    return teacher, {"teacher_seconds": teacher.summary["wall_seconds"],
+                     "student_seconds": student.summary["wall_seconds"],
+                     "teacher_test": teacher.summary["test"]["accuracy"],
+                     "student_test": student.summary["test"]["accuracy"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="mnist_hinton")
@@ -54,13 +67,19 @@ def main() -> None:
     p.add_argument("--dataset", default=None)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--val-size", type=float, default=None)
+    p.add_argument("--also-nchw", action="store_true",
+                   help="time the pipeline a second time with channels_last off (CPU conv nets)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="distill-bench-"))
     overrides = {"output_dir": str(work), "wandb.mode": "disabled", "device": args.device,
                  "teacher.epochs": args.epochs, "student.epochs": args.epochs,
-                 "data.subset": args.subset}
+                 "data.subset": args.subset, "data.test_subset": args.test_subset}
+    if args.val_size is not None:
+        overrides["data.val_size"] = args.val_size
     if args.data_dir:
         overrides["data.data_dir"] = args.data_dir
     if args.dataset:
@@ -71,14 +90,10 @@ def main() -> None:
     n = len(data.train)
     results = {}
 
-    teacher_run = api.teach(recipe, name="teacher", quiet=True)
-    ours_teacher = teacher_run.summary["wall_seconds"]
-    student_run = api.student(recipe, {"student.teacher": str(teacher_run.run_dir)},
-                              name="student", quiet=True)
-    ours_student = student_run.summary["wall_seconds"]
-    results["pipeline"] = {"teacher_seconds": ours_teacher, "student_seconds": ours_student,
-                           "teacher_test": teacher_run.summary["test"]["accuracy"],
-                           "student_test": student_run.summary["test"]["accuracy"]}
+    teacher_run, results["pipeline"] = pipeline(recipe, "")
+    if args.also_nchw:
+        results["pipeline_nchw"] = pipeline(api.as_recipe(recipe, {"channels_last": False}),
+                                            "-nchw", teacher_run)[1]
 
     test_loader = ref.loader(data.test, data.info, 1000, train=False)
     ref_result = {}
@@ -108,11 +123,13 @@ def main() -> None:
              "| role | reference img/s | pipeline img/s | ratio | reference test | pipeline test |",
              "|---|---|---|---|---|---|"]
     for role in ("teacher", "student"):
-        r_s = n * args.epochs / results["reference"][f"{role}_seconds"]
-        o_s = n * args.epochs / results["pipeline"][f"{role}_seconds"]
-        lines.append(f"| {role} | {r_s:,.0f} | {o_s:,.0f} | {o_s / r_s:.2f}x | "
-                     f"{100 * results['reference'][f'{role}_test']:.2f}% | "
-                     f"{100 * results['pipeline'][f'{role}_test']:.2f}% |")
+        for key in [k for k in ("pipeline", "pipeline_nchw") if k in results]:
+            r_s = n * args.epochs / results["reference"][f"{role}_seconds"]
+            o_s = n * args.epochs / results[key][f"{role}_seconds"]
+            name = role if key == "pipeline" else f"{role}, pipeline with channels_last off"
+            lines.append(f"| {name} | {r_s:,.0f} | {o_s:,.0f} | {o_s / r_s:.2f}x | "
+                         f"{100 * results['reference'][f'{role}_test']:.2f}% | "
+                         f"{100 * results[key][f'{role}_test']:.2f}% |")
     lines.append("")
     lines.append("pipeline seconds: a run's wall time from its first step to its summary "
                  "(training, per-epoch validation, test evaluation, plots, files); reference "
