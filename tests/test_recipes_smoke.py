@@ -164,3 +164,50 @@ def test_mnist_reproduction_script_refuses_an_unknown_student(tmp_path) -> None:
                           env=env, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (2, "STUDENTS: unknown 'baseln'")
     assert not any(tmp_path.iterdir())
+
+
+def test_cifar_reproduction_script_resumes_a_stopped_teacher_and_trains_both_students(
+        tmp_path) -> None:
+    """docs/results/cifar10_jpeg.sh on a tiny image folder, one seed: a teacher killed after
+    its first epoch's checkpoint is resumed (not restarted, not skipped), the baseline trains
+    without a teacher, the distilled student takes T and ALPHA from the environment, and a
+    second call finds everything finished."""
+    import os
+    import subprocess
+
+    from distill.checkpoint import KILL_AFTER_SAVE_ENV
+
+    root = Path(__file__).resolve().parent.parent
+    data = tiny_image_folder(tmp_path / "cifar")
+    out = tmp_path / "out"
+    shrink = ["--batch-size", "16", "--val-size", "10"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run(
+        ["distill", "teach", "--recipe", "cifar10_jpeg_resnet", "--dataset", f"imagefolder:{data}",
+         "--seed", "3", "--epochs", "2", *shrink, "--output-dir", str(out / "cifar-teachers"),
+         "--name", "cifar-teacher-s3", "-q"],
+        env={**env, KILL_AFTER_SAVE_ENV: "1"}, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (out / "cifar-teachers" / "cifar-teacher-s3" / "summary.json").exists()
+
+    script = ["bash", str(root / "docs/results/cifar10_jpeg.sh"), str(data), "3"]
+    env.update(OUT=str(out), RECORD="0", JOBS="2", T="2", ALPHA="0.5",
+               EXTRA=" ".join(["--epochs", "1", *shrink]))
+    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cifar-teacher-s3: stopped earlier, resuming" in done.stdout
+    teacher = summary(out / "cifar-teachers" / "cifar-teacher-s3")
+    assert teacher["epochs"] == 2 and len(teacher["resumes"]) == 1
+    assert teacher["model"]["name"] == "resnet56"
+    students = {k: summary(out / "cifar-students" / f"cifar-{k}-s3")
+                for k in ("baseline", "distilled")}
+    assert students["baseline"]["kd"]["alpha"] == 0.0 and "teacher" not in students["baseline"]
+    assert students["distilled"]["kd"] == {"T": 2.0, "alpha": 0.5}
+    assert students["distilled"]["teacher"]["location"] == str(out / "cifar-teachers" /
+                                                               "cifar-teacher-s3")
+    assert all(s["model"]["name"] == "resnet20" and s["data"]["train"] == 50
+               for s in students.values())
+
+    again = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("finished earlier") == 3 and ": done" not in again.stdout

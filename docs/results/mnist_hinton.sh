@@ -14,7 +14,7 @@
 # RECORD=0 skips adding the runs to docs/results/ (for trial runs).
 # STUDENTS="distilled-val" trains only those students (default: baseline distilled-val distilled
 # distilled-plain);
-# the teachers are always trained (or found finished earlier).
+# the teachers are always trained (or found finished earlier). A stopped run is resumed.
 set -euo pipefail
 data="${1:?usage: mnist_hinton.sh <data dir> [seed ...]}"
 shift
@@ -25,19 +25,9 @@ out="${OUT:-outputs}"
 here="$(cd "$(dirname "$0")" && pwd)"
 if [ "$jobs_max" -gt 1 ]; then export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; fi
 
-# name -> the command line recorded in docs/results (relative, as a reader would type it)
-declare -A commands
-
-train() {  # train <run name> <distill arguments...>
-    local name="$1"; shift
-    local cmd="distill $* --data-dir $data --set data.val_size=0 --output-dir $out --name $name"
-    commands[$name]="$cmd"
-    if [ -f "$out/$name/summary.json" ]; then echo "$name: finished earlier"; return; fi
-    # shellcheck disable=SC2086
-    (distill "$@" --data-dir "$data" --set data.val_size=0 --output-dir "$out" --name "$name" \
-        --quiet $EXTRA > "$out/$name.log" 2>&1 && echo "$name: done") &
-    while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
-}
+data_args=(--data-dir "$data" --set data.val_size=0)
+# shellcheck source=docs/results/runs.sh
+source "$here/runs.sh"
 
 EXTRA="${EXTRA:-}"
 read -r -a students <<< "${STUDENTS:-baseline distilled-val distilled distilled-plain}"
@@ -54,30 +44,23 @@ done
 mkdir -p "$out"
 student=(student --recipe mnist_hinton)
 for s in "${seeds[@]}"; do
-    train "mnist-teacher-s$s" teach --recipe mnist_hinton --seed "$s"
+    train "$out" "mnist-teacher-s$s" teach --recipe mnist_hinton --seed "$s"
 done
 wait
 for s in "${seeds[@]}"; do
     teacher=(--teacher "$out/mnist-teacher-s$s" --seed "$s")
     for kind in "${students[@]}"; do
         # shellcheck disable=SC2086
-        train "mnist-$kind-s$s" "${student[@]}" "${teacher[@]}" ${student_args[$kind]}
+        train "$out" "mnist-$kind-s$s" "${student[@]}" "${teacher[@]}" ${student_args[$kind]}
     done
 done
 wait
 
-failed=0
-for name in "${!commands[@]}"; do
-    if [ ! -f "$out/$name/summary.json" ]; then echo "$name failed: see $out/$name.log"; failed=1; fi
-done
-[ "$failed" = 0 ] || exit 1
+check_finished
 if [ "${RECORD:-1}" = 1 ]; then
     for s in "${seeds[@]}"; do
         for kind in teacher "${students[@]}"; do
-            name="mnist-$kind-s$s"
-            python "$here/results.py" add "$out/$name" --experiment mnist_hinton \
-                --variant "${variant_of[$kind]:-teacher}" --command "${commands[$name]}" \
-                > /dev/null
+            record mnist_hinton "mnist-$kind-s$s" "${variant_of[$kind]:-teacher}"
         done
     done
     python "$here/results.py" tables > /dev/null

@@ -1,0 +1,46 @@
+# Shared by the reproduction scripts (sourced, not run): start, resume or skip one training,
+# a few at a time, and record the finished runs in docs/results/.
+#
+# The sourcing script sets: here (this folder), jobs_max, data_args (an array of the data
+# arguments every training gets) and EXTRA (appended to fresh trainings).
+# A run whose folder holds summary.json is finished and skipped; a folder without it is a
+# stopped run and is resumed from its newest checkpoint (`distill <role> --resume`), so a
+# reproduction interrupted by a kill, a reboot or the end of a session picks up where it was.
+
+declare -A commands  # run name -> the command line recorded in docs/results
+declare -A folders   # run name -> its run folder
+
+train() {  # train <output folder> <run name> <teach|student> <distill arguments...>
+    local parent="$1" name="$2" role="$3"; shift 3
+    local dir="$parent/$name"
+    commands[$name]="distill $role $* ${data_args[*]} --output-dir $parent --name $name"
+    folders[$name]="$dir"
+    mkdir -p "$parent"
+    if [ -f "$dir/summary.json" ]; then echo "$name: finished earlier"; return; fi
+    local run=(distill "$role" "$@" "${data_args[@]}" --output-dir "$parent" --name "$name"
+               --quiet)
+    if [ -d "$dir" ]; then
+        echo "$name: stopped earlier, resuming"
+        run=(distill "$role" --resume "$dir" --quiet)
+    else
+        # shellcheck disable=SC2206
+        run+=($EXTRA)
+    fi
+    ("${run[@]}" >> "$parent/$name.log" 2>&1 && echo "$name: done") &
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
+}
+
+check_finished() {  # exit 1, naming each run started by train() that did not finish
+    local failed=0 name
+    for name in "${!folders[@]}"; do
+        if [ ! -f "${folders[$name]}/summary.json" ]; then
+            echo "$name failed: see ${folders[$name]}.log"; failed=1
+        fi
+    done
+    [ "$failed" = 0 ] || exit 1
+}
+
+record() {  # record <experiment> <run name> <variant>
+    python "$here/results.py" add "${folders[$2]}" --experiment "$1" --variant "$3" \
+        --command "${commands[$2]}" > /dev/null
+}
