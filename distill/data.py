@@ -574,22 +574,29 @@ def _files_split(items: list[tuple[str, int]], key: str, size: int | None,
     return Split(files, torch.tensor([label for _, label in items], dtype=torch.long))
 
 
-def write_cache(path: Path, tensors: dict[str, Tensor],
-                metadata: dict[str, str] | None = None) -> bool:
-    """Store a cache file of tensors atomically (readers see the old file or the whole new
-    one); a cache that cannot be written (read-only folder, full disk) is skipped, not an
-    error. Returns whether it was written."""
-    from safetensors.torch import save_file
-
+def store_cache_file(path: Path, write: Callable[[Path], None]) -> bool:
+    """Store a cache file atomically: ``write(tmp)`` fills a temporary file beside ``path``,
+    which then replaces it (readers see the old file or the whole new one). A cache that
+    cannot be written (read-only folder, full disk) is skipped, not an error: it is computed
+    again next time. Returns whether it was written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        write(tmp)
         os.replace(tmp, path)
         return True
     except OSError:
         tmp.unlink(missing_ok=True)
         return False
+
+
+def write_cache(path: Path, tensors: dict[str, Tensor],
+                metadata: dict[str, str] | None = None) -> bool:
+    """Store a cache file of tensors (safetensors) with :func:`store_cache_file`."""
+    from safetensors.torch import save_file
+
+    return store_cache_file(path, lambda tmp: save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata))
 
 
 def _decode_images(folder: Path, items: list[tuple[str, int]], size: int | None
@@ -665,11 +672,7 @@ def _checked_once(key: str, check: Callable[[], None]) -> None:
     if marker.is_file():
         return
     check()
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    except OSError:  # a read-only cache folder: checked again next time
-        pass
+    store_cache_file(marker, Path.touch)
 
 
 def _disk_stats(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -683,11 +686,5 @@ def _disk_stats(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     mean, std = _stats(gather(split, list(torch.arange(len(split)).split(1000))))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"mean": mean, "std": std}))
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache folder: computed again next time
-        pass
+    store_cache_file(path, lambda tmp: tmp.write_text(json.dumps({"mean": mean, "std": std})))
     return mean, std
