@@ -635,3 +635,18 @@ def test_imagefolder_is_decoded_once_then_read_from_the_cache(tmp_path, monkeypa
     third = load_data(cfg)
     assert len(decoded) == 3
     assert not torch.equal(third.train.images, first.train.images)
+
+
+def test_a_cache_file_is_replaced_whole_or_not_at_all(tmp_path) -> None:
+    """A failed write (full disk, read-only folder) leaves the old file and no temporary."""
+    from distill.data import store_cache_file
+
+    path = tmp_path / "c" / "x.json"
+    assert store_cache_file(path, lambda tmp: tmp.write_text("old"))
+
+    def full_disk(tmp) -> None:
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    assert store_cache_file(path, full_disk) is False
+    assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["x.json"]
