@@ -6,7 +6,7 @@ Side by side in one run, on the same data and for the same epochs:
     augmentation, the teacher's forward on every student step, float32);
 (b) ``distill teach`` / ``distill student`` (the whole split on the device, on-device batch
     augmentation, cached teacher logits where the student is not augmented, bf16 autocast and
-    channels-last by default on GPU).
+    channels-last conv nets by default on GPU and CPU).
 
 Reports training images per second for the teacher and for the student, their ratio, and the
 test accuracies (which must agree within seed noise). The teacher both students learn from
@@ -70,7 +70,8 @@ def main() -> None:
     p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--val-size", type=float, default=None)
     p.add_argument("--also-nchw", action="store_true",
-                   help="time the pipeline a second time with channels_last off (CPU conv nets)")
+                   help="time the pipeline a second time with channels_last: false (NCHW "
+                        "weights; augmented batches stay channels-last-strided)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()

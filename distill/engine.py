@@ -115,8 +115,8 @@ def resolve_precision(amp: bool | None, channels_last: bool | None, device: torc
     """The recipe's ``amp`` / ``channels_last``; None picks the default for ``device``.
 
     amp: on for CUDA where the GPU has bf16, off elsewhere. channels-last: on for models with
-    2-d convolutions on CUDA and on the CPU (where oneDNN's channels-last kernels train the
-    CIFAR ResNets 1.3-1.7x faster than NCHW; see benchmarks/README.md), off on other devices.
+    2-d convolutions on CUDA and on the CPU (where oneDNN's channels-last kernels run the
+    CIFAR ResNets 1.1-1.3x faster than NCHW; see benchmarks/README.md), off on other devices.
     """
     cuda = device.type == "cuda"
     if amp is None:
