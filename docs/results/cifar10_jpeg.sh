@@ -21,17 +21,11 @@
 set -euo pipefail
 folder="${1:?usage: cifar10_jpeg.sh <image folder with train/ and test/> [seed ...]}"
 shift
-seeds=("${@:-0 1 2}")
-read -r -a seeds <<< "${seeds[*]}"
-jobs_max="${JOBS:-1}"
-out="${OUT:-outputs}"
 here="$(cd "$(dirname "$0")" && pwd)"
-if [ "$jobs_max" -gt 1 ]; then export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; fi
 
 data_args=(--dataset "imagefolder:$folder")
-EXTRA="${EXTRA:-}"
 # shellcheck source=docs/results/runs.sh
-source "$here/runs.sh"
+source "$here/runs.sh" "$@"  # seeds, jobs_max, out, EXTRA
 
 kd=()
 [ -z "${T:-}" ] || kd+=(--T "$T")

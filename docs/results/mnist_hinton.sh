@@ -18,18 +18,12 @@
 set -euo pipefail
 data="${1:?usage: mnist_hinton.sh <data dir> [seed ...]}"
 shift
-seeds=("${@:-0 1 2}")
-read -r -a seeds <<< "${seeds[*]}"
-jobs_max="${JOBS:-1}"
-out="${OUT:-outputs}"
 here="$(cd "$(dirname "$0")" && pwd)"
-if [ "$jobs_max" -gt 1 ]; then export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; fi
 
 data_args=(--data-dir "$data" --set data.val_size=0)
 # shellcheck source=docs/results/runs.sh
-source "$here/runs.sh"
+source "$here/runs.sh" "$@"  # seeds, jobs_max, out, EXTRA
 
-EXTRA="${EXTRA:-}"
 read -r -a students <<< "${STUDENTS:-baseline distilled-val distilled distilled-plain}"
 # distilled-val: the recipe's alpha (chosen on validation); distilled / distilled-plain: the
 # alpha 0.9 used before that choice, with and without the jittered transfer set

@@ -1,11 +1,20 @@
 # Shared by the reproduction scripts (sourced, not run): start, resume or skip one training,
 # a few at a time, and record the finished runs in docs/results/.
 #
-# The sourcing script sets: here (this folder), jobs_max, data_args (an array of the data
-# arguments every training gets) and EXTRA (appended to fresh trainings).
+#   source "$here/runs.sh" [seed ...]
+# sets seeds (default 0 1 2), jobs_max (JOBS, default 1; above 1, one thread per training),
+# out (OUT, default outputs) and EXTRA (appended to fresh trainings). The sourcing script
+# sets here (this folder) and data_args (the data arguments every training gets).
 # A run whose folder holds summary.json is finished and skipped; a folder without it is a
 # stopped run and is resumed from its newest checkpoint (`distill <role> --resume`), so a
 # reproduction interrupted by a kill, a reboot or the end of a session picks up where it was.
+
+seeds=("${@:-0 1 2}")
+read -r -a seeds <<< "${seeds[*]}"
+jobs_max="${JOBS:-1}"
+out="${OUT:-outputs}"
+EXTRA="${EXTRA:-}"
+if [ "$jobs_max" -gt 1 ]; then export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; fi
 
 declare -A commands  # run name -> the command line recorded in docs/results
 declare -A folders   # run name -> its run folder
