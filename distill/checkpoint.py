@@ -199,6 +199,36 @@ def resume_folder(resume: str | Path) -> Path:
     return path
 
 
+LOCK = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a process trains in it, so a second
+    ``--resume`` of a run that is still going is refused instead of writing beside it. The
+    operating system drops the lock when its process ends, however it ends (a kill too).
+    Where ``fcntl`` is missing (Windows) nothing is locked."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DistillError(f"{run_dir}: a process is still training in this run folder; "
+                               f"wait for it or stop it before resuming") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops its lock
+            self.fd = None
+
+
 _IGNORED_CHANGES = ("wandb.", "output_dir", "device")
 
 

@@ -221,6 +221,37 @@ def test_resume_errors(tmp_path, reference, killed_mid_epoch) -> None:
         f"--resume {killed_mid_epoch}`")
 
 
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from distill.checkpoint import RunLock
+lock = RunLock(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_run_still_training_is_not_resumed_beside_itself(tmp_path, reference,
+                                                          killed_mid_epoch) -> None:
+    """Another live process holding the run folder (as a training does) makes --resume
+    refuse; once that process is gone, however it ended, the resume goes ahead."""
+    run = tmp_path / "run"
+    shutil.copytree(killed_mid_epoch, run)  # its own process was SIGKILLed: no lock left
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert user_error("teach", "--resume", str(run)) == (
+            f"error: {run}: a process is still training in this run folder; wait for it or "
+            f"stop it before resuming")
+        assert not (run / "summary.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    resume(run)
+    assert_same_run(run, reference)
+
+
 def test_resume_with_a_changed_recipe_is_refused_unless_allowed(tmp_path, killed_mid_epoch
                                                                 ) -> None:
     run = tmp_path / "run"
