@@ -91,9 +91,12 @@ def main_first(world: World | None) -> Iterator[None]:
     caches rank 0 fills there (decoded images, normalisation constants, teacher logits) are
     read by the others rather than computed again by each. Outside torchrun: just the block.
 
-    The wait is a barrier on a gloo group of its own with a long timeout (:data:`CACHE_WAIT`):
-    decoding a large folder can outlast the training group's collective timeout. Rank 0
-    releases the others also when the block raises; they then meet the error themselves.
+    The waits are barriers on a gloo group of its own with a long timeout (:data:`CACHE_WAIT`):
+    decoding a large folder can outlast the training group's collective timeout. All ranks
+    leave together (a closing barrier), so rank 0 does not wait in a training collective
+    while the others still work in the block (they compute too when a cache could not be
+    written). Rank 0 releases the others also when the block raises; they then meet the error
+    themselves.
     """
     if world is None:
         yield
@@ -106,6 +109,7 @@ def main_first(world: World | None) -> Iterator[None]:
     finally:
         if world.is_main:
             dist.barrier(group=group)
+        dist.barrier(group=group)  # everyone is out of the block
         dist.destroy_process_group(group)
 
 

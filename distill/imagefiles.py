@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import itertools
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -113,9 +112,10 @@ class ImageFiles:
         if not index_batches:
             return
         tensors = [b for b in index_batches if not isinstance(b, slice)]
-        flat = iter(torch.cat(tensors).cpu().tolist() if tensors else ())  # one device sync
+        moved = iter(torch.cat(tensors).cpu().split([len(b) for b in tensors]) if tensors
+                     else ())  # one device sync for the whole pass, not one per batch
         order = [list(range(*b.indices(len(self)))) if isinstance(b, slice)
-                 else list(itertools.islice(flat, len(b))) for b in index_batches]
+                 else next(moved).tolist() for b in index_batches]
         pool = _pool_for(self, device.type == "cuda")
         pool.order.batches = order
         batches = iter(pool.loader)

@@ -181,5 +181,7 @@ def test_rank_0_fills_caches_before_the_others_start(tmp_path: Path, rank0: str)
     lines = log.read_text().splitlines()
     # rank 1 enters the block only after rank 0 has left it (also when rank 0's block raised)
     assert lines.index("start 1") > lines.index("end 0"), lines
+    # and rank 0 goes on only when rank 1 is out too (no training collective waits meanwhile)
+    assert lines.index("after 0") > lines.index("end 1"), lines
     assert sorted(lines) == sorted(["start 0", "end 0", "after 0",
                                     "start 1", "end 1", "after 1"])
