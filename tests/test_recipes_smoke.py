@@ -166,12 +166,13 @@ def test_mnist_reproduction_script_refuses_an_unknown_student(tmp_path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-def test_cifar_reproduction_script_resumes_a_stopped_teacher_and_trains_both_students(
+def test_cifar_reproduction_script_resumes_stopped_runs_and_distils_only_when_told_how(
         tmp_path) -> None:
-    """docs/results/cifar10_jpeg.sh on a tiny image folder, one seed: a teacher killed after
-    its first epoch's checkpoint is resumed (not restarted, not skipped), the baseline trains
-    without a teacher, the distilled student takes T and ALPHA from the environment, and a
-    second call finds everything finished."""
+    """docs/results/cifar10_jpeg.sh on a tiny image folder, one seed. A teacher killed after
+    its first epoch's checkpoint is resumed (not restarted, not skipped); a baseline folder
+    left before any checkpoint is moved aside and trained again; with no T and ALPHA no
+    distilled student is trained; with them, one named after them; a last call finds
+    everything finished."""
     import os
     import subprocess
 
@@ -189,25 +190,37 @@ def test_cifar_reproduction_script_resumes_a_stopped_teacher_and_trains_both_stu
         env={**env, KILL_AFTER_SAVE_ENV: "1"}, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (out / "cifar-teachers" / "cifar-teacher-s3" / "summary.json").exists()
+    (out / "cifar-students" / "cifar-baseline-s3").mkdir(parents=True)  # killed while starting
 
     script = ["bash", str(root / "docs/results/cifar10_jpeg.sh"), str(data), "3"]
-    env.update(OUT=str(out), RECORD="0", JOBS="2", T="2", ALPHA="0.5",
-               EXTRA=" ".join(["--epochs", "1", *shrink]))
-    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "cifar-teacher-s3: stopped earlier, resuming" in done.stdout
+    env.update(OUT=str(out), RECORD="0", JOBS="2", EXTRA=" ".join(["--epochs", "1", *shrink]))
+
+    def call(**more: str) -> str:
+        done = subprocess.run(script, env={**env, **more}, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    first = call()
+    assert "cifar-teacher-s3: stopped earlier, resuming" in first
+    assert "cifar-baseline-s3: stopped before its first checkpoint, starting again" in first
+    assert "distilled students: not trained" in first
+    assert len(list((out / "cifar-students").glob("cifar-baseline-s3.unstarted-*"))) == 1
+    assert not list((out / "cifar-students").glob("cifar-distilled*"))
     teacher = summary(out / "cifar-teachers" / "cifar-teacher-s3")
     assert teacher["epochs"] == 2 and len(teacher["resumes"]) == 1
     assert teacher["model"]["name"] == "resnet56"
+
+    second = call(T="2", ALPHA="0.5")
+    assert second.count("finished earlier") == 2 and "cifar-distilled-T2-a0.5-s3: done" in second
     students = {k: summary(out / "cifar-students" / f"cifar-{k}-s3")
-                for k in ("baseline", "distilled")}
+                for k in ("baseline", "distilled-T2-a0.5")}
     assert students["baseline"]["kd"]["alpha"] == 0.0 and "teacher" not in students["baseline"]
-    assert students["distilled"]["kd"] == {"T": 2.0, "alpha": 0.5}
-    assert students["distilled"]["teacher"]["location"] == str(out / "cifar-teachers" /
-                                                               "cifar-teacher-s3")
+    assert students["distilled-T2-a0.5"]["kd"] == {"T": 2.0, "alpha": 0.5}
+    assert students["distilled-T2-a0.5"]["teacher"]["location"] == str(
+        out / "cifar-teachers" / "cifar-teacher-s3")
     assert all(s["model"]["name"] == "resnet20" and s["data"]["train"] == 50
                for s in students.values())
 
-    again = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("finished earlier") == 3 and ": done" not in again.stdout
+    last = call(T="2", ALPHA="0.5")
+    assert last.count("finished earlier") == 3 and ": done" not in last

@@ -8,8 +8,9 @@
 #   mkdir -p data/cifar10-jpeg && tar xzf ../shared/data/cifar10-jpeg.tar.gz -C data/cifar10-jpeg
 #   bash docs/results/cifar10_jpeg.sh data/cifar10-jpeg [seed ...]      (seeds default to 0 1 2)
 #
-# T=<t> ALPHA=<a>: the distilled students' temperature and weight (default: the recipe's). Pick
-# them on the validation split first, from seed 0's teacher, and never on test:
+# T=<t> ALPHA=<a>: the distilled students' temperature and weight; without both, only the
+# teachers and baselines are trained. Pick them on the validation split first, from seed 0's
+# teacher, and never on test:
 #   distill sweep --recipe cifar10_jpeg_resnet --dataset imagefolder:data/cifar10-jpeg \
 #       --teacher outputs/cifar-teachers/cifar-teacher-s0
 # JOBS=N runs N trainings at a time with one thread each; a baseline needs no teacher, so it
@@ -27,9 +28,6 @@ data_args=(--dataset "imagefolder:$folder")
 # shellcheck source=docs/results/runs.sh
 source "$here/runs.sh" "$@"  # seeds, jobs_max, out, EXTRA
 
-kd=()
-[ -z "${T:-}" ] || kd+=(--T "$T")
-[ -z "${ALPHA:-}" ] || kd+=(--alpha "$ALPHA")
 teachers="$out/cifar-teachers" students="$out/cifar-students"
 recipe=(--recipe cifar10_jpeg_resnet)
 for s in "${seeds[@]}"; do
@@ -37,19 +35,25 @@ for s in "${seeds[@]}"; do
     train "$students" "cifar-baseline-s$s" student "${recipe[@]}" --alpha 0 --seed "$s"
 done
 wait
-for s in "${seeds[@]}"; do
-    if [ ! -f "$teachers/cifar-teacher-s$s/summary.json" ]; then continue; fi
-    train "$students" "cifar-distilled-s$s" student "${recipe[@]}" "${kd[@]}" \
-        --teacher "$teachers/cifar-teacher-s$s" --seed "$s"
-done
-wait
+distilled=""
+if [ -n "${T:-}" ] && [ -n "${ALPHA:-}" ]; then
+    distilled="cifar-distilled-T$T-a$ALPHA"  # the settings are in the name: a new choice is a new run
+    for s in "${seeds[@]}"; do
+        if [ ! -f "$teachers/cifar-teacher-s$s/summary.json" ]; then continue; fi
+        train "$students" "$distilled-s$s" student "${recipe[@]}" --T "$T" --alpha "$ALPHA" \
+            --teacher "$teachers/cifar-teacher-s$s" --seed "$s"
+    done
+    wait
+else
+    echo "distilled students: not trained; set T and ALPHA (chosen on validation, see above)"
+fi
 
 check_finished
 if [ "${RECORD:-1}" = 1 ]; then
     for s in "${seeds[@]}"; do
-        for kind in teacher baseline distilled; do
-            record cifar10_jpeg_resnet "cifar-$kind-s$s" "$kind"
-        done
+        record cifar10_jpeg_resnet "cifar-teacher-s$s" teacher
+        record cifar10_jpeg_resnet "cifar-baseline-s$s" baseline
+        if [ -n "$distilled" ]; then record cifar10_jpeg_resnet "$distilled-s$s" distilled; fi
     done
     python "$here/results.py" tables > /dev/null
     echo "tables regenerated: docs/RESULTS.md"

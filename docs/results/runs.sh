@@ -7,7 +7,9 @@
 # sets here (this folder) and data_args (the data arguments every training gets).
 # A run whose folder holds summary.json is finished and skipped; a folder without it is a
 # stopped run and is resumed from its newest checkpoint (`distill <role> --resume`), so a
-# reproduction interrupted by a kill, a reboot or the end of a session picks up where it was.
+# reproduction interrupted by a kill, a reboot or the end of a session picks up where it was
+# (one stopped before its first checkpoint is moved aside and started again; one that a
+# process still trains in is refused by distill and reported as not finished).
 
 seeds=("${@:-0 1 2}")
 read -r -a seeds <<< "${seeds[*]}"
@@ -28,12 +30,19 @@ train() {  # train <output folder> <run name> <teach|student> <distill arguments
     if [ -f "$dir/summary.json" ]; then echo "$name: finished earlier"; return; fi
     local run=(distill "$role" "$@" "${data_args[@]}" --output-dir "$parent" --name "$name"
                --quiet)
+    if [ -d "$dir" ] && [ ! -f "$dir/checkpoint-last.pt" ]; then
+        # stopped before its first checkpoint: nothing to resume, so it starts again
+        mv "$dir" "$dir.unstarted-$(date +%s)"
+        echo "$name: stopped before its first checkpoint, starting again"
+    fi
     if [ -d "$dir" ]; then
+        # (refused by distill, and reported below, if a process still trains in it)
         echo "$name: stopped earlier, resuming"
         run=(distill "$role" --resume "$dir" --quiet)
     else
-        # shellcheck disable=SC2206
-        run+=($EXTRA)
+        local extra
+        read -r -a extra <<< "$EXTRA"
+        run+=(${extra[@]+"${extra[@]}"})
     fi
     ("${run[@]}" >> "$parent/$name.log" 2>&1 && echo "$name: done") &
     while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
