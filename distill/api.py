@@ -172,6 +172,9 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     amp, channels_last = resolve_precision(recipe.amp, recipe.channels_last, device, model)
     precision = {"amp_bf16": amp, "channels_last": channels_last,
                  "world_size": world.size if world else 1}
+    if teacher is not None:
+        precision["teacher_channels_last"] = resolve_precision(
+            recipe.amp, recipe.channels_last, device, teacher)[1]
     run_dir, env = (_run_folder(recipe, role, name, resume, device, precision) if main
                     else (None, {}))
     if resume is None and main:
@@ -189,10 +192,8 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
              else torch.preserve_format)
     teacher_eval = None
     if teacher is not None:
-        _, teacher_channels_last = resolve_precision(recipe.amp, recipe.channels_last, device,
-                                                     teacher)
-        teacher.to(device, memory_format=torch.channels_last if teacher_channels_last
-                   else torch.preserve_format)
+        teacher.to(device, memory_format=torch.channels_last
+                   if precision["teacher_channels_last"] else torch.preserve_format)
         with main_first(world):  # and the teacher-logits cache
             teacher_eval = prepare_teacher(teacher, source, data, recipe, console, write=main)
     optimizer = build_optimizer(model, cfg.optim)

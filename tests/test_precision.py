@@ -37,7 +37,8 @@ def _conv_pair(out: Path, channels_last: bool) -> dict[str, api.RunResult]:
     common = {"output_dir": str(out), "channels_last": channels_last,
               "teacher.model.name": "cnn", "student.model.name": "cnn",
               "student.model.width": 4, "teacher.epochs": 2, "student.epochs": 2,
-              "student.augment.flip": True}  # augmented: the teacher runs on every batch
+              # no cache and no augmentation: the teacher runs on every (NCHW) batch
+              "student.teacher_cache": False}
     t = api.teach(None, common, name="t", quiet=True, wandb="disabled")
     s = api.student(None, {**common, "student.teacher": str(t.run_dir)}, name="s",
                     quiet=True, wandb="disabled")
@@ -50,6 +51,9 @@ def test_channels_last_trains_the_same_conv_teacher_and_student_as_nchw(tmp_path
         envs = {cl: json.loads((runs[cl][role].run_dir / "environment.json").read_text())
                 for cl in runs}
         assert envs[True]["channels_last"] is True and envs[False]["channels_last"] is False
+        if role == "student":
+            assert envs[True]["teacher_channels_last"] is True
+            assert envs[False]["teacher_channels_last"] is False
         a, b = (load_file(str(runs[cl][role].run_dir / "model.safetensors")) for cl in runs)
         assert a.keys() == b.keys()
         for k in a:  # the same sums in another order: float rounding apart, equal
