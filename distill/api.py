@@ -23,9 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_model, save_file
 
 from distill.augment import build_augment
-from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, RunLock, carried_wall,
-                                check_resumable, check_same_teacher, clean_stale, resume_folder,
-                                set_deterministic, set_rng_state)
+from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, FileLock, carried_wall,
+                                check_resumable, check_same_teacher, clean_stale, lock_run,
+                                resume_folder, set_deterministic, set_rng_state)
 from distill.data import DataBundle, load_data, num_batches
 from distill.distributed import World, check_batch, main_first, seed_rank, teardown, wrap
 from distill.distributed import setup as dist_setup
@@ -137,7 +137,7 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
            resume: Path | None = None, allow_changes: bool = False) -> RunResult:
     """One training run; under torchrun one rank of it (see ``distill/distributed.py``)."""
     world, device_name = dist_setup(recipe.device)
-    locks: list[RunLock] = []  # the run folder's, held until the run ends (rank 0 only)
+    locks: list[FileLock] = []  # the run folder's, held until the run ends (rank 0 only)
     try:
         result = _train_rank(role, recipe, name, quiet, resume, allow_changes, world,
                              device_name, locks)
@@ -150,10 +150,10 @@ def _train(role: str, recipe: Recipe, name: str | None, quiet: bool,
 
 def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume: Path | None,
                 allow_changes: bool, world: World | None, device_name: str,
-                locks: list[RunLock]) -> RunResult:
+                locks: list[FileLock]) -> RunResult:
     main = world is None or world.is_main  # only the main process writes anything
     if resume is not None and main:
-        locks.append(RunLock(resume))  # refused while another process trains in it
+        locks.append(lock_run(resume))  # refused while another process trains in it
     console = Console(stderr=True, quiet=quiet or not main)
     cfg: RoleConfig = recipe.teacher if role == "teacher" else recipe.student
     require_wandb(resolve_mode(recipe.wandb.mode))  # before anything is written
@@ -178,7 +178,7 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     run_dir, env = (_run_folder(recipe, role, name, resume, device, precision) if main
                     else (None, {}))
     if resume is None and main:
-        locks.append(RunLock(run_dir))
+        locks.append(lock_run(run_dir))
     console.print(f"{'resuming' if resume else 'run folder'}: {run_dir}"
                   + (f" ({world.size} processes, rank 0 writes)" if world else ""),
                   markup=False, highlight=False, soft_wrap=True)

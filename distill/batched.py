@@ -36,12 +36,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from distill.augment import build_augment
-from distill.checkpoint import FORMAT_VERSION, carried_wall, load_checkpoint, save_atomic
+from distill.checkpoint import (FORMAT_VERSION, LAST, carried_wall, load_checkpoint,
+                               save_atomic)
 from distill.data import DataBundle, eval_batches, indexed_train_batches, load_data, num_batches
 from distill.engine import autocast, resolve_device, resolve_precision
 from distill.models import build_model
 from distill.optim import build_optimizer, build_scheduler, weight_decay_groups
 from distill.recipe import Recipe
+from distill.sweep import claimed
 
 
 def batching_problem(recipe: Recipe) -> str | None:
@@ -225,8 +227,9 @@ def cpu_problem(model: nn.Module, device: torch.device) -> str | None:
 
 def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: Path,
                   chunk_size: int | None, console, auto: bool = False) -> list:
-    """Train ``cells`` in batched chunks; returns the cells that must run sequentially
-    (all of them when ``auto`` finds batching slower here, see :func:`cpu_problem`)."""
+    """Train ``cells`` in batched chunks, each claimed first (see :func:`distill.sweep.claimed`);
+    returns the cells that must run sequentially (all of them when ``auto`` finds batching
+    slower here, see :func:`cpu_problem`)."""
     from distill.teacher import load_teacher
 
     if not cells:
@@ -255,17 +258,23 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
         teacher_eval = prepare_teacher(teacher, source, data, base, console)
     size = chunk_size_for(probe, chunk_size, len(cells))
     by_name = {c.name: c for c in cells}
-    chunks = []
+    chunks = []  # (cells, whether the chunk was interrupted and continues)
     for saved in sorted(sweep_dir.glob("chunk-*.pt")):  # interrupted chunks continue first
         names = load_checkpoint(saved)["cells"]
         if all(n in by_name for n in names):
-            chunks.append([by_name.pop(n) for n in names])
+            chunks.append(([by_name.pop(n) for n in names], True))
     rest = list(by_name.values())
-    chunks += [rest[i:i + size] for i in range(0, len(rest), size)]
-    for number, chunk in enumerate(chunks, 1):
-        _train_chunk(base, common, chunk, number, sweep_dir, data, teacher, source, console,
-                     teacher_eval)
-    return []
+    chunks += [(rest[i:i + size], False) for i in range(0, len(rest), size)]
+    alone = []  # cells that another process started alone meanwhile: they resume alone
+    for number, (chunk, interrupted) in enumerate(chunks, 1):
+        with claimed(sweep_dir, chunk, console, all_or_none=interrupted) as mine:
+            if not interrupted:
+                alone += [c for c in mine if (sweep_dir / c.name / LAST).is_file()]
+                mine = [c for c in mine if c not in alone]
+            if mine:
+                _train_chunk(base, common, mine, number, sweep_dir, data, teacher, source,
+                             console, teacher_eval)
+    return alone
 
 
 def chunk_path(sweep_dir: Path, names: list[str]) -> Path:

@@ -202,31 +202,45 @@ def resume_folder(resume: str | Path) -> Path:
 LOCK = ".lock"
 
 
-class RunLock:
-    """An exclusive lock on a run folder, held while a process trains in it, so a second
-    ``--resume`` of a run that is still going is refused instead of writing beside it. The
-    operating system drops the lock when its process ends, however it ends (a kill too).
-    Where ``fcntl`` is missing (Windows) nothing is locked."""
+class FileLock:
+    """An exclusive ``flock`` on one file, held by this process until :meth:`release` or
+    until the process ends, however it ends (a kill too: the operating system drops it).
+    Where ``fcntl`` is missing (Windows) nothing is locked and every :func:`take_lock`
+    succeeds."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.fd: int | None = None
-        try:
-            import fcntl
-        except ImportError:
-            return
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DistillError(f"{run_dir}: a process is still training in this run folder; "
-                               f"wait for it or stop it before resuming") from None
+    def __init__(self, fd: int | None) -> None:
         self.fd = fd
 
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor drops its lock
             self.fd = None
+
+
+def take_lock(path: Path) -> FileLock | None:
+    """Lock ``path`` (created if missing) without waiting; None when another open file
+    holds the lock (another process, or another :func:`take_lock` of this one)."""
+    try:
+        import fcntl
+    except ImportError:
+        return FileLock(None)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return FileLock(fd)
+
+
+def lock_run(run_dir: Path) -> FileLock:
+    """The run folder's lock, held while a process trains in it, so a second ``--resume``
+    of a run that is still going is refused instead of writing beside it."""
+    lock = take_lock(run_dir / LOCK)
+    if lock is None:
+        raise DistillError(f"{run_dir}: a process is still training in this run folder; "
+                           f"wait for it or stop it before resuming")
+    return lock
 
 
 _IGNORED_CHANGES = ("wandb.", "output_dir", "device")

@@ -8,16 +8,24 @@ same batches and differ only in T, alpha and seed; each cell is exactly the stud
 ``distill student --T t --alpha a --seed s`` would train with the same recipe.
 
 Running the same sweep again (same ``--name``) skips finished cells, resumes interrupted
-ones from their checkpoints, and trains the rest; nothing finished is overwritten.
+ones from their checkpoints, and trains the rest; nothing finished is overwritten. Several
+processes may run the same sweep at once (one per GPU, or one per core): a process claims a
+cell (or a batched chunk) before training it, with a lock file ``.claim-<cell>`` that the
+operating system drops when the process ends however it ends, and leaves the cells claimed
+by another process to it. Each prints the table of the cells finished when it ends; the
+last one to end prints the whole grid.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +34,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from distill.checkpoint import LAST, load_checkpoint
+from distill.checkpoint import LAST, FileLock, load_checkpoint, take_lock
 from distill.errors import DistillError, RecipeError
 from distill.recipe import Recipe, dump_recipe
 from distill.teacher import read_summary, teacher_location
@@ -100,7 +108,7 @@ def cell_result(run: Path) -> dict[str, Any] | None:
 def write_results(sweep_dir: Path, cells: list[Cell]) -> list[dict[str, Any]]:
     """Collect the finished cells' rows into ``results.csv`` (in grid order)."""
     rows = [r for c in cells if (r := cell_result(sweep_dir / c.name)) is not None]
-    tmp = sweep_dir / (RESULTS + ".tmp")
+    tmp = sweep_dir / f"{RESULTS}.{os.getpid()}.tmp"  # processes sharing the sweep write it too
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
@@ -159,7 +167,9 @@ def sweep_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
     if baseline is None:  # alpha = 0 cells are baselines trained on the same batches
         zero = [r["test_accuracy"] for r in rows if r["alpha"] == 0]
         baseline = statistics.fmean(zero) if zero else None
-    table = Table(title=f"{sweep_dir.name}: {len(rows)} students (mean ± std over seeds)")
+    grid_size = len(info.get("Ts", [])) * len(info.get("alphas", [])) * len(info.get("seeds", []))
+    of = f" of {grid_size}" if len(rows) < grid_size else ""  # cells still training elsewhere
+    table = Table(title=f"{sweep_dir.name}: {len(rows)}{of} students (mean ± std over seeds)")
     for col in ("T", "alpha", "seeds", "val acc", "test acc", "gap closed", ""):
         table.add_column(col, justify="right")
     pct = lambda ms: "—" if ms is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"  # noqa: E731
@@ -214,8 +224,10 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
     ax.set_title(title or "validation accuracy (best boxed)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # whole, whoever writes it last
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
@@ -273,6 +285,45 @@ def check_same_sweep(sweep_dir: Path, info: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- orchestration
 
+def saved_chunk_cells(sweep_dir: Path) -> set[str]:
+    """The cells of the batched chunks interrupted in this sweep folder (they continue from
+    the chunk's checkpoint, not from a run folder's)."""
+    return {n for f in sweep_dir.glob("chunk-*.pt") for n in load_checkpoint(f)["cells"]}
+
+
+@contextmanager
+def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
+            all_or_none: bool = False) -> Iterator[list[Cell]]:
+    """The cells of ``cells`` that this process trains now, each claimed until the block
+    ends. A cell claimed by another process is left to it, and one that was finished
+    meanwhile is dropped. A claimed cell's folder that holds nothing to continue from (started,
+    then stopped before its first checkpoint) is removed, so the cell starts afresh.
+    ``all_or_none`` (an interrupted batched chunk): all of ``cells``, or none."""
+    locks: list[FileLock] = []
+    mine = []
+    try:
+        for cell in cells:
+            lock = take_lock(sweep_dir / f".claim-{cell.name}")
+            if lock is None:
+                console.print(f"  {cell.name}: another process is training it; left to it",
+                              markup=False)
+                continue
+            locks.append(lock)
+            if not (sweep_dir / cell.name / "summary.json").is_file():
+                mine.append(cell)
+        if all_or_none and len(mine) < len(cells):
+            mine = []
+        chunked = saved_chunk_cells(sweep_dir) if mine else set()
+        for cell in mine:
+            run = sweep_dir / cell.name
+            if run.exists() and not (run / LAST).is_file() and cell.name not in chunked:
+                shutil.rmtree(run)  # nothing to resume from: it trains again
+        yield mine
+    finally:
+        for lock in locks:
+            lock.release()
+
+
 @dataclass
 class SweepResult:
     """A sweep's folder and its results rows (also in ``sweep_dir/results.csv``)."""
@@ -293,7 +344,7 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     vmapped student forward/backward per batch), ``sequential`` one after another, ``auto``
     batched where the model allows it. Re-running with the same ``name`` continues.
     """
-    from distill.api import _with_wandb, as_recipe, read_baseline, run_prefix, student
+    from distill.api import _with_wandb, as_recipe, read_baseline, run_prefix
     from distill.batched import batching_problem, train_batched
 
     from distill.distributed import launched
@@ -339,21 +390,16 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     common = {"output_dir": str(sweep_dir), "wandb.group": sweep_name}
     if teacher_dir:
         common["student.teacher"] = teacher_dir
-    in_chunks = {n for f in sweep_dir.glob("chunk-*.pt") for n in load_checkpoint(f)["cells"]}
+    in_chunks = saved_chunk_cells(sweep_dir)
     todo = []
     for cell in cells:
-        run = sweep_dir / cell.name
-        if (run / "summary.json").is_file():
+        if (sweep_dir / cell.name / "summary.json").is_file():
             console.print(f"  {cell.name}: finished, kept", markup=False)
-            continue
-        if cell.name in in_chunks:  # an interrupted batched chunk continues
+        else:
             todo.append(cell)
-            continue
-        if run.exists() and not (run / LAST).is_file():
-            shutil.rmtree(run)  # started but nothing to resume from: train it again
-        todo.append(cell)
     if chosen == "batched":  # cells interrupted with a checkpoint resume one by one
-        resumable = [c for c in todo if (sweep_dir / c.name).exists() and c.name not in in_chunks]
+        resumable = [c for c in todo
+                     if (sweep_dir / c.name / LAST).is_file() and c.name not in in_chunks]
         fresh = [c for c in todo if c not in resumable]
         left = train_batched(base, common, fresh, sweep_dir, chunk_size, console,
                              auto=mode == "auto")
@@ -362,23 +408,37 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
             write_json(sweep_dir / SWEEP_FILE, info)
         todo = resumable + left
     for i, cell in enumerate(todo, 1):
-        run = sweep_dir / cell.name
-        start = time.perf_counter()
-        if run.exists():
-            student(resume=run, quiet=True, wandb=base.wandb.mode)
-        else:
-            student(base, {**common, **cell.overrides()}, name=cell.name, quiet=True)
-        row = cell_result(run)
-        console.print(f"  [{i}/{len(todo)}] {cell.name}: val "
-                      f"{100 * (row['val_accuracy'] or 0):.2f}%  test "
-                      f"{100 * row['test_accuracy']:.2f}%  "
-                      f"({time.perf_counter() - start:.1f} s)", markup=False)
-        write_results(sweep_dir, cells)
+        with claimed(sweep_dir, [cell], console) as mine:
+            if mine:
+                _train_cell(base, common, cell, sweep_dir, f"[{i}/{len(todo)}]", console)
+                write_results(sweep_dir, cells)
     rows = write_results(sweep_dir, cells)
+    if len(rows) < len(cells):
+        console.print(f"sweep: {len(cells) - len(rows)} of {len(cells)} students are still "
+                      f"training in another process; the table shows the finished ones (run "
+                      f"the same command again, or distill report {sweep_dir}, once they end)",
+                      markup=False, soft_wrap=True)
     plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{sweep_name}: validation accuracy")
     Console(quiet=quiet).print(sweep_table(sweep_dir, rows))
     _log_sweep(base, sweep_dir, rows)
     return SweepResult(sweep_dir, rows)
+
+
+def _train_cell(base: Recipe, common: dict[str, Any], cell: Cell, sweep_dir: Path,
+                counter: str, console: Console) -> None:
+    """Train one cell alone (resume it where its folder has a checkpoint) and print its row."""
+    from distill.api import student
+
+    run = sweep_dir / cell.name
+    start = time.perf_counter()
+    if run.exists():
+        student(resume=run, quiet=True, wandb=base.wandb.mode)
+    else:
+        student(base, {**common, **cell.overrides()}, name=cell.name, quiet=True)
+    row = cell_result(run)
+    console.print(f"  {counter} {cell.name}: val {100 * (row['val_accuracy'] or 0):.2f}%  "
+                  f"test {100 * row['test_accuracy']:.2f}%  "
+                  f"({time.perf_counter() - start:.1f} s)", markup=False)
 
 
 def _sweep_teacher(recipe: Recipe, needed: bool) -> tuple[str | None, float | None]:

@@ -224,8 +224,8 @@ def test_resume_errors(tmp_path, reference, killed_mid_epoch) -> None:
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from distill.checkpoint import RunLock
-lock = RunLock(Path(sys.argv[1]))
+from distill.checkpoint import lock_run
+lock = lock_run(Path(sys.argv[1]))
 print("held", flush=True)
 time.sleep(120)
 """

@@ -379,3 +379,152 @@ def test_auto_mode_trains_large_students_one_by_one_on_a_cpu(tmp_path, teacher) 
     assert json.loads((forced.sweep_dir / "sweep.json").read_text())["mode"] == "batched"
     assert all(close(tmp_path / "auto" / c, forced.sweep_dir / c)
                for c in ("T2-a0.5-s0", "T4-a0.5-s0"))
+
+
+HOLD_CLAIMS = """
+import sys, time
+from pathlib import Path
+from distill.checkpoint import take_lock
+locks = [take_lock(Path(p)) for p in sys.argv[1:]]
+print("held" if all(locks) else "not held", flush=True)
+time.sleep(120)
+"""
+
+
+def hold_claims(sweep: Path, *cells: str):
+    """A live process holding the claims of ``cells``, as a second sweep training them."""
+    import subprocess
+    import sys
+
+    sweep.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIMS,
+                               *[str(sweep / f".claim-{c}") for c in cells]],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.parametrize("mode", ["sequential", "batched"])
+def test_a_cell_claimed_by_another_process_is_left_to_it(tmp_path, teacher, mode) -> None:
+    """Another process holds one cell's claim and has just created its folder (no checkpoint
+    yet): the sweep trains the other cells, leaves that folder alone and says so; once the
+    other process is gone, the same command trains the cell."""
+    sweep = tmp_path / "shared"
+    started = sweep / "T4-a0.9-s0"
+    started.mkdir(parents=True)
+    (started / "metrics.jsonl").write_text("")  # the other process's run, just begun
+    args = ["sweep", "--T", "4", "--alpha", "0,0.5,0.9", "--seeds", "0", "--teacher",
+            str(teacher), "--mode", mode, "--output-dir", str(tmp_path), "--name", "shared",
+            "--wandb", "disabled", *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
+    holder = hold_claims(sweep, "T4-a0.9-s0")
+    try:
+        first = runner.invoke(app, args)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert first.exit_code == 0, first.output
+    err = " ".join(first.stderr.split())
+    assert "T4-a0.9-s0: another process is training it; left to it" in err
+    assert ("sweep: 1 of 3 students are still training in another process; the table shows "
+            f"the finished ones (run the same command again, or distill report {sweep}, once "
+            "they end)") in err
+    assert "shared: 2 of 3 students" in " ".join(first.stdout.split())
+    assert (started / "metrics.jsonl").read_text() == ""  # not removed, not written to
+    assert [r["run"] for r in read_results(sweep)] == ["T4-a0-s0", "T4-a0.5-s0"]
+    if mode == "batched":  # the other two still share one chunk
+        assert "chunk 1: 2 students batched (T4-a0-s0, T4-a0.5-s0)" in err
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "left to it" not in second.stderr
+    assert [r["run"] for r in read_results(sweep)] == ["T4-a0-s0", "T4-a0.5-s0", "T4-a0.9-s0"]
+    assert len((started / "metrics.jsonl").read_text().splitlines()) == STUDENT["student.epochs"]
+    assert close(started, alone(tmp_path, teacher, 4.0, 0.9, 0))
+
+
+def test_an_interrupted_chunk_continues_whole_or_not_at_all(tmp_path, teacher) -> None:
+    """One cell of an interrupted batched chunk is claimed elsewhere: the chunk waits for a
+    later run rather than continuing without it (its cells share one checkpoint)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from distill.checkpoint import KILL_AFTER_SAVE_ENV
+
+    args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
+            "--mode", "batched", "--wandb", "disabled", "--output-dir", str(tmp_path),
+            "--name", "cut", *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
+    killed = subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True,
+                            text=True, env={**os.environ, KILL_AFTER_SAVE_ENV: "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (chunk,) = (tmp_path / "cut").glob("chunk-*.pt")
+    holder = hold_claims(tmp_path / "cut", "T4-a0.5-s0")
+    try:
+        waiting = runner.invoke(app, args)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waiting.exit_code == 0, waiting.output
+    assert "students batched" not in waiting.stderr and chunk.is_file()
+    assert not (tmp_path / "cut" / "T2-a0.5-s0" / "summary.json").exists()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "chunk 1: 2 students batched (T2-a0.5-s0, T4-a0.5-s0), resuming after epoch 1" in (
+        " ".join(again.stderr.split()))
+    assert len(read_results(tmp_path / "cut")) == 2 and not chunk.exists()
+
+
+def test_two_processes_running_one_sweep_share_its_cells(tmp_path, teacher) -> None:
+    """A real second sweep process, stopped (SIGSTOP) while it trains a cell: this process
+    trains every other cell and leaves that one; resumed, the other finishes its cell and
+    finds the rest done. Every cell is trained exactly once and the last table is whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from distill.checkpoint import take_lock
+
+    epochs = 6
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in {**STUDENT, "student.epochs": epochs}.items()]
+    args = ["sweep", "--T", "2,4", "--alpha", "0.5,0.9", "--seeds", "0", "--teacher",
+            str(teacher), "--mode", "sequential", "--output-dir", str(tmp_path), "--name",
+            "both", "--wandb", "disabled", *sets]
+    sweep = tmp_path / "both"
+    other = subprocess.Popen([sys.executable, "-m", "distill", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    held = None
+    try:
+        deadline = time.monotonic() + 120
+        while held is None and other.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            os.kill(other.pid, signal.SIGSTOP)  # the claims cannot change while we look
+            for claim in sweep.glob(".claim-*"):
+                lock = take_lock(claim)
+                if lock is None:
+                    held = claim.name.removeprefix(".claim-")
+                else:
+                    lock.release()
+            if held is None:
+                os.kill(other.pid, signal.SIGCONT)
+        assert held is not None, "the other sweep never held a cell"
+        mine = runner.invoke(app, args)
+    finally:
+        if other.poll() is None:
+            os.kill(other.pid, signal.SIGCONT)
+    out, err = other.communicate(timeout=300)
+    assert other.returncode == 0, err
+    assert mine.exit_code == 0, mine.output
+    trained_here = {line.split()[1].rstrip(":") for line in mine.stderr.splitlines()
+                    if line.strip().startswith("[")}
+    trained_there = {line.split()[1].rstrip(":") for line in err.splitlines()
+                     if line.strip().startswith("[")}
+    cells = {"T2-a0.5-s0", "T2-a0.9-s0", "T4-a0.5-s0", "T4-a0.9-s0"}
+    assert f"{held}: another process is training it; left to it" in mine.stderr
+    assert held in trained_there and held not in trained_here
+    assert trained_here | trained_there == cells and not trained_here & trained_there
+    for cell in cells:  # trained once: one record per epoch, one summary
+        assert len((sweep / cell / "metrics.jsonl").read_text().splitlines()) == epochs
+    assert len(read_results(sweep)) == 4
+    assert "both: 4 students" in " ".join(out.split())  # the last to end shows the whole grid
