@@ -26,7 +26,8 @@ err = Console(stderr=True)
 # ----------------------------------------------------------------------------- options
 
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe YAML path, or a shipped recipe "
-                         "name (digits, mnist_hinton, cifar10_resnet). Default: the digits defaults.")
+                         "name (digits, mnist_hinton, cifar10_resnet, cifar10_jpeg_resnet). "
+                         "Default: the digits defaults.")
 SetOpt = typer.Option(None, "--set", help="Override any recipe field: --set teacher.optim.lr=0.01 "
                       "(repeatable; values are read as YAML).")
 DatasetOpt = typer.Option(None, "--dataset", help="digits | mnist | fashion-mnist | cifar10 | "

@@ -114,6 +114,13 @@ def test_shipped_recipe_names() -> None:
         assert resolve_recipe_path(f"{name}.yaml") == found[name]
 
 
+def test_the_recipe_flag_help_names_every_shipped_recipe() -> None:
+    from distill.cli import RecipeOpt
+
+    named = RecipeOpt.help.split("(")[1].split(")")[0].split(", ")
+    assert sorted(named) == sorted(shipped_recipes())
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipes_validate(name: str) -> None:
     r = load_recipe(name)
