@@ -6,7 +6,9 @@ by .ci/run); CIFAR-10's recipe runs on a tiny generated ImageFolder of 32x32 ima
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from typer.testing import CliRunner
 from conftest import shared_data_dir
 from distill.cli import app
 from distill.recipe import shipped_recipes
+from distill.sweep import aggregate, best_cell, read_results
 
 runner = CliRunner()
 
@@ -193,7 +196,9 @@ def test_cifar_reproduction_script_resumes_stopped_runs_and_distils_only_when_to
     (out / "cifar-students" / "cifar-baseline-s3").mkdir(parents=True)  # killed while starting
 
     script = ["bash", str(root / "docs/results/cifar10_jpeg.sh"), str(data), "3"]
-    env.update(OUT=str(out), RECORD="0", JOBS="2", EXTRA=" ".join(["--epochs", "1", *shrink]))
+    env.update(OUT=str(out), RECORD="0", JOBS="2",
+               EXTRA="--epochs 1 --set teacher.batch_size=16 --set student.batch_size=16 "
+                     "--set data.val_size=10")
 
     def call(**more: str) -> str:
         done = subprocess.run(script, env={**env, **more}, capture_output=True, text=True,
@@ -210,6 +215,31 @@ def test_cifar_reproduction_script_resumes_stopped_runs_and_distils_only_when_to
     teacher = summary(out / "cifar-teachers" / "cifar-teacher-s3")
     assert teacher["epochs"] == 2 and len(teacher["resumes"]) == 1
     assert teacher["model"]["name"] == "resnet56"
+
+    # the T x alpha choice on validation: the recipe's 6 cells from the teacher, shared by
+    # two sweep processes, each cell trained once
+    swept = call(SWEEP="1")
+    sweep_dir = out / "cifar-sweeps" / "cifar-val-sweep"
+    rows = read_results(sweep_dir)
+    assert sorted((r["T"], r["alpha"]) for r in rows) == [
+        (2.0, 0.5), (2.0, 0.9), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5), (8.0, 0.9)]
+    for r in rows:
+        assert len((sweep_dir / r["run"] / "metrics.jsonl").read_text().splitlines()) == 1
+        assert summary(sweep_dir / r["run"])["teacher"]["location"] == str(
+            out / "cifar-teachers" / "cifar-teacher-s3")
+    best = best_cell(aggregate(rows))
+    assert f"chosen on validation: T={best['T']:g} ALPHA={best['alpha']:g}" in swept
+    assert len(list((out / "cifar-sweeps").glob("cifar-val-sweep.*.log"))) == 2
+    figures = tmp_path / "val_sweep.csv"
+    subprocess.run([sys.executable, str(root / "docs/results/results.py"), "sweep",
+                    str(sweep_dir), "--out", str(figures), "--command", "the command"],
+                   check=True, capture_output=True)
+    with open(figures, newline="") as fh:
+        stored = list(csv.DictReader(fh))
+    assert list(stored[0]) == ["T", "alpha", "seed", "epochs", "val_accuracy",
+                               "best_val_accuracy", "wall_seconds", "command"]  # no test column
+    assert len(stored) == 6 and {r["epochs"] for r in stored} == {"1"}
+    assert [float(r["val_accuracy"]) for r in stored] == [r["val_accuracy"] for r in rows]
 
     second = call(T="2", ALPHA="0.5")
     assert second.count("finished earlier") == 2 and "cifar-distilled-T2-a0.5-s3: done" in second

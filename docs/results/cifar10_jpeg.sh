@@ -9,10 +9,11 @@
 #   bash docs/results/cifar10_jpeg.sh data/cifar10-jpeg [seed ...]      (seeds default to 0 1 2)
 #
 # T=<t> ALPHA=<a>: the distilled students' temperature and weight; without both, only the
-# teachers and baselines are trained. Pick them on the validation split first, from seed 0's
-# teacher, and never on test:
-#   distill sweep --recipe cifar10_jpeg_resnet --dataset imagefolder:data/cifar10-jpeg \
-#       --teacher outputs/cifar-teachers/cifar-teacher-s0
+# teachers and baselines are trained. Pick them on the validation split first, never on test:
+# SWEEP=1 trains the recipe's T x alpha grid from the first seed's teacher (once it has
+# finished) for SWEEP_EPOCHS epochs (default 10), in JOBS processes sharing the sweep folder
+# $OUT/cifar-sweeps/cifar-val-sweep, prints its table and the chosen T and ALPHA, and stores
+# its validation figures in docs/results/cifar10_jpeg_val_sweep.csv (unless RECORD=0).
 # JOBS=N runs N trainings at a time with one thread each; a baseline needs no teacher, so it
 # trains beside the teachers. OUT=<folder> (default outputs) gets cifar-teachers/ and
 # cifar-students/ (apart, so a baseline never picks up a teacher run by itself).
@@ -35,6 +36,32 @@ for s in "${seeds[@]}"; do
     train "$students" "cifar-baseline-s$s" student "${recipe[@]}" --alpha 0 --seed "$s"
 done
 wait
+if [ "${SWEEP:-0}" = 1 ]; then
+    teacher0="$teachers/cifar-teacher-s${seeds[0]}" sweeps="$out/cifar-sweeps"
+    if [ ! -f "$teacher0/summary.json" ]; then
+        echo "sweep: not run, $teacher0 has not finished"; exit 1
+    fi
+    sweep_args=(sweep "${recipe[@]}" "${data_args[@]}" --teacher "$teacher0"
+                --epochs "${SWEEP_EPOCHS:-10}" --output-dir "$sweeps" --name cifar-val-sweep)
+    read -r -a extra <<< "$EXTRA"
+    sweep_args+=(${extra[@]+"${extra[@]}"})
+    mkdir -p "$sweeps"
+    pids=()
+    for j in $(seq "$jobs_max"); do  # they share the grid: each cell is trained by one
+        distill "${sweep_args[@]}" --quiet >> "$sweeps/cifar-val-sweep.$j.log" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || { echo "sweep failed: see $sweeps/cifar-val-sweep.*.log"; exit 1; }
+    done
+    distill report "$sweeps/cifar-val-sweep"
+    csv=()
+    if [ "${RECORD:-1}" = 1 ]; then
+        prefix=""; if [ "$jobs_max" -gt 1 ]; then prefix="OMP_NUM_THREADS=1 ($jobs_max processes) "; fi
+        csv=(--out "$here/cifar10_jpeg_val_sweep.csv" --command "${prefix}distill ${sweep_args[*]}")
+    fi
+    python "$here/results.py" sweep "$sweeps/cifar-val-sweep" ${csv[@]+"${csv[@]}"}
+fi
 distilled=""
 if [ -n "${T:-}" ] && [ -n "${ALPHA:-}" ]; then
     distilled="cifar-distilled-T$T-a$ALPHA"  # the settings are in the name: a new choice is a new run

@@ -3,17 +3,22 @@
     python docs/results/results.py add outputs/<run> --experiment mnist_hinton \\
         --variant distilled --command "distill student --recipe mnist_hinton ..."
     python docs/results/results.py tables          # rewrites the tables in docs/RESULTS.md
+    python docs/results/results.py sweep outputs/<sweep> [--out <csv> --command "..."]
 
 ``add`` copies the few numbers a table needs from a finished run's ``summary.json`` (and its
 ``environment.json``) into ``docs/results/<experiment>/<variant>-s<seed>.json``: never
 weights. ``tables`` groups them per experiment into teacher / baseline / distilled rows (mean
 and standard deviation over seeds, the paired per-seed difference distilled minus baseline)
 beside the published figures, and replaces the text between the ``<!-- tables -->`` markers.
+``sweep`` prints the T and alpha that a finished validation sweep chooses (as ``distill
+sweep`` does: the best mean validation accuracy) and can store its validation figures as CSV;
+the test figures stay out of it, since the choice must not be made on them.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 from pathlib import Path
@@ -185,6 +190,35 @@ def tables(results: Path = HERE, markdown: Path = RESULTS_MD) -> str:
     return block
 
 
+SWEEP_COLUMNS = ["T", "alpha", "seed", "epochs", "val_accuracy", "best_val_accuracy",
+                 "wall_seconds", "command"]
+
+
+def sweep(sweep_dir: Path, out: Path | None = None, command: str = "") -> tuple[float, float]:
+    """The (T, alpha) a finished sweep chooses on validation; with ``out``, its validation
+    figures (one row per cell and seed, no test column) written there as CSV."""
+    from distill.sweep import SWEEP_FILE, aggregate, best_cell, read_results
+
+    info = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    rows = read_results(sweep_dir)
+    size = len(info["Ts"]) * len(info["alphas"]) * len(info["seeds"])
+    if len(rows) < size:
+        raise SystemExit(f"{sweep_dir}: {len(rows)} of {size} students finished; run the "
+                         f"sweep to the end before choosing")
+    best = best_cell(aggregate(rows))
+    if best is None:
+        raise SystemExit(f"{sweep_dir}: no validation accuracy (data.val_size is 0); "
+                         f"nothing to choose on")
+    if out is not None:
+        with open(out, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for r in rows:
+                cell = json.loads((sweep_dir / r["run"] / "summary.json").read_text())
+                writer.writerow({**r, "epochs": cell["epochs"], "command": command})
+    return best["T"], best["alpha"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -194,9 +228,16 @@ def main() -> None:
     a.add_argument("--variant", required=True, choices=VARIANTS)
     a.add_argument("--command", required=True, help="the exact command that made the run")
     sub.add_parser("tables", help="rewrite the tables in docs/RESULTS.md")
+    w = sub.add_parser("sweep", help="the T and alpha a finished sweep chooses on validation")
+    w.add_argument("sweep_dir", type=Path)
+    w.add_argument("--out", type=Path, help="also store its validation figures as this CSV")
+    w.add_argument("--command", default="", help="the exact command that made the sweep")
     args = p.parse_args()
     if args.cmd == "add":
         print(add(args.run, args.experiment, args.variant, args.command))
+    elif args.cmd == "sweep":
+        T, alpha = sweep(args.sweep_dir, args.out, args.command)
+        print(f"chosen on validation: T={T:g} ALPHA={alpha:g}")
     else:
         print(tables())
 
