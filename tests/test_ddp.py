@@ -185,3 +185,52 @@ def test_rank_0_fills_caches_before_the_others_start(tmp_path: Path, rank0: str)
     assert lines.index("after 0") > lines.index("end 1"), lines
     assert sorted(lines) == sorted(["start 0", "end 0", "after 0",
                                     "start 1", "end 1", "after 1"])
+
+
+# wraps the one cache writer of distill.data to log which rank stores which file
+COUNT_CACHE_WRITES = """
+import os
+import distill.data as data
+
+_store = data.store_cache_file
+
+
+def store(path, write):
+    stored = _store(path, write)
+    with open(os.environ["CACHE_WRITES_LOG"], "a") as log:
+        log.write(f"{os.environ.get('RANK', '-')} {path}\\n")
+    return stored
+
+
+data.store_cache_file = store
+"""
+
+
+def test_under_torchrun_rank_0_computes_each_cache_once_and_rank_1_reads_it(tmp_path) -> None:
+    """A student on a cold cache (an image folder never decoded, a teacher whose logits were
+    never stored): every cache file is written once, by rank 0; rank 1 reads them."""
+    from test_recipes_smoke import tiny_image_folder
+
+    data = tiny_image_folder(tmp_path / "images")
+    common = ["--dataset", f"imagefolder:{data}", "--epochs", "1", "--val-size", "10",
+              "--device", "cpu", "--wandb", "disabled", "-q", "--output-dir", str(tmp_path)]
+    teacher = subprocess.run([sys.executable, "-m", "distill", "teach", *common, "--name", "t"],
+                             capture_output=True, text=True, timeout=300,
+                             env={**ENV, "DISTILL_CACHE_DIR": str(tmp_path / "teacher-cache")})
+    assert teacher.returncode == 0, teacher.stderr[-3000:]
+    hook, log = tmp_path / "hook", tmp_path / "writes.log"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(COUNT_CACHE_WRITES)
+    env = {"DISTILL_CACHE_DIR": str(tmp_path / "cold"), "CACHE_WRITES_LOG": str(log),
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    ddp = torchrun(*STUDENT, *common, "--name", "s",
+                   "--teacher", str(tmp_path / "t"), env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    writes = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    paths = [p for _, p in writes]
+    assert {rank for rank, _ in writes} == {"0"}, writes
+    assert len(paths) == len(set(paths)), writes  # each once
+    assert any("/cold/imagefolder/" in p for p in paths), writes  # the decoded images
+    assert any("/t/teacher-logits/" in p for p in paths), writes  # the teacher's logits
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["teacher"]["location"] == str(tmp_path / "t")
