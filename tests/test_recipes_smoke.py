@@ -169,6 +169,16 @@ def test_mnist_reproduction_script_refuses_an_unknown_student(tmp_path) -> None:
     assert not any(tmp_path.iterdir())
 
 
+HOLD_RUN_LOCK = """
+import sys, time
+from pathlib import Path
+from distill.checkpoint import lock_run
+lock = lock_run(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(300)
+"""
+
+
 def test_cifar_reproduction_script_resumes_stopped_runs_and_distils_only_when_told_how(
         tmp_path) -> None:
     """docs/results/cifar10_jpeg.sh on a tiny image folder, one seed. A teacher killed after
@@ -254,3 +264,25 @@ def test_cifar_reproduction_script_resumes_stopped_runs_and_distils_only_when_to
 
     last = call(T="2", ALPHA="0.5")
     assert last.count("finished earlier") == 3 and ": done" not in last
+
+    # a run folder that a live process is starting (no checkpoint yet, its lock held, as by
+    # a second call of the script) is left to it, neither moved aside nor trained beside it
+    busy = out / "cifar-teachers" / "cifar-teacher-s5"
+    busy.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN_LOCK, str(busy)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        shared = subprocess.run([*script[:-1], "5"], env=env, capture_output=True, text=True,
+                                timeout=900)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert shared.returncode == 1, shared.stdout + shared.stderr
+    assert "cifar-teacher-s5: another process is training it; left to it" in shared.stdout
+    assert "cifar-teacher-s5: not finished, another process is training it" in shared.stdout
+    assert "cifar-baseline-s5: done" in shared.stdout  # the rest goes on
+    assert busy.is_dir() and not list(busy.parent.glob("cifar-teacher-s5.unstarted-*"))
+    assert not (out / "cifar-teachers" / "cifar-teacher-s5.log").exists()
+    # the logs show each epoch, for tail -f on a long run
+    assert "epoch   1/1  train_loss" in (out / "cifar-students" / "cifar-baseline-s5.log").read_text()

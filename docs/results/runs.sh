@@ -8,8 +8,9 @@
 # A run whose folder holds summary.json is finished and skipped; a folder without it is a
 # stopped run and is resumed from its newest checkpoint (`distill <role> --resume`), so a
 # reproduction interrupted by a kill, a reboot or the end of a session picks up where it was
-# (one stopped before its first checkpoint is moved aside and started again; one that a
-# process still trains in is refused by distill and reported as not finished).
+# (one stopped before its first checkpoint is moved aside and started again). A run that a
+# live process trains in (another call of the script, say) is left to it and reported as not
+# finished. Each training writes its per-epoch lines to <output folder>/<run name>.log.
 
 seeds=("${@:-0 1 2}")
 read -r -a seeds <<< "${seeds[*]}"
@@ -20,6 +21,16 @@ if [ "$jobs_max" -gt 1 ]; then export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; fi
 
 declare -A commands  # run name -> the command line recorded in docs/results
 declare -A folders   # run name -> its run folder
+declare -A elsewhere # run name -> 1 when another process was training it
+
+busy() {  # busy <run folder>: a live process holds the folder's lock (distill's RunLock)
+    python - "$1" <<'PY'
+import sys
+from pathlib import Path
+from distill.checkpoint import LOCK, take_lock
+sys.exit(0 if take_lock(Path(sys.argv[1]) / LOCK) is None else 1)
+PY
+}
 
 train() {  # train <output folder> <run name> <teach|student> <distill arguments...>
     local parent="$1" name="$2" role="$3"; shift 3
@@ -28,22 +39,24 @@ train() {  # train <output folder> <run name> <teach|student> <distill arguments
     folders[$name]="$dir"
     mkdir -p "$parent"
     if [ -f "$dir/summary.json" ]; then echo "$name: finished earlier"; return; fi
-    local run=(distill "$role" "$@" "${data_args[@]}" --output-dir "$parent" --name "$name"
-               --quiet)
+    if [ -d "$dir" ] && busy "$dir"; then
+        echo "$name: another process is training it; left to it"; elsewhere[$name]=1; return
+    fi
+    local run=(distill "$role" "$@" "${data_args[@]}" --output-dir "$parent" --name "$name")
     if [ -d "$dir" ] && [ ! -f "$dir/checkpoint-last.pt" ]; then
         # stopped before its first checkpoint: nothing to resume, so it starts again
         mv "$dir" "$dir.unstarted-$(date +%s)"
         echo "$name: stopped before its first checkpoint, starting again"
     fi
     if [ -d "$dir" ]; then
-        # (refused by distill, and reported below, if a process still trains in it)
         echo "$name: stopped earlier, resuming"
-        run=(distill "$role" --resume "$dir" --quiet)
+        run=(distill "$role" --resume "$dir")
     else
         local extra
         read -r -a extra <<< "$EXTRA"
         run+=(${extra[@]+"${extra[@]}"})
     fi
+    echo "$name: training, follow it with: tail -f $parent/$name.log"
     ("${run[@]}" >> "$parent/$name.log" 2>&1 && echo "$name: done") &
     while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
 }
@@ -51,8 +64,12 @@ train() {  # train <output folder> <run name> <teach|student> <distill arguments
 check_finished() {  # exit 1, naming each run started by train() that did not finish
     local failed=0 name
     for name in "${!folders[@]}"; do
-        if [ ! -f "${folders[$name]}/summary.json" ]; then
-            echo "$name failed: see ${folders[$name]}.log"; failed=1
+        if [ -f "${folders[$name]}/summary.json" ]; then continue; fi
+        failed=1
+        if [ -n "${elsewhere[$name]:-}" ]; then
+            echo "$name: not finished, another process is training it"
+        else
+            echo "$name failed: see ${folders[$name]}.log"
         fi
     done
     [ "$failed" = 0 ] || exit 1
