@@ -125,8 +125,9 @@ def _value(record: dict, unit: str) -> float:
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "not measured"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f} (n={len(values)})"
+    if len(values) == 1:  # one seed has no spread to show
+        return f"{values[0]:.2f} (n=1)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
 
 
 def table(experiment: str, records: list[dict], borrowed: list[dict] = ()) -> str:
