@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -391,8 +393,10 @@ time.sleep(120)
 """
 
 
-def hold_claims(sweep: Path, *cells: str):
-    """A live process holding the claims of ``cells``, as a second sweep training them."""
+@contextmanager
+def claims_held(sweep: Path, *cells: str) -> Iterator[None]:
+    """While the block runs, a live process holds the claims of ``cells``, as a second
+    sweep training them would."""
     import subprocess
     import sys
 
@@ -400,8 +404,12 @@ def hold_claims(sweep: Path, *cells: str):
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIMS,
                                *[str(sweep / f".claim-{c}") for c in cells]],
                               stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    return holder
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("mode", ["sequential", "batched"])
@@ -416,12 +424,8 @@ def test_a_cell_claimed_by_another_process_is_left_to_it(tmp_path, teacher, mode
     args = ["sweep", "--T", "4", "--alpha", "0,0.5,0.9", "--seeds", "0", "--teacher",
             str(teacher), "--mode", mode, "--output-dir", str(tmp_path), "--name", "shared",
             "--wandb", "disabled", *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
-    holder = hold_claims(sweep, "T4-a0.9-s0")
-    try:
+    with claims_held(sweep, "T4-a0.9-s0"):
         first = runner.invoke(app, args)
-    finally:
-        holder.kill()
-        holder.wait()
     assert first.exit_code == 0, first.output
     err = " ".join(first.stderr.split())
     assert "T4-a0.9-s0: another process is training it; left to it" in err
@@ -458,12 +462,8 @@ def test_an_interrupted_chunk_continues_whole_or_not_at_all(tmp_path, teacher) -
                             text=True, env={**os.environ, KILL_AFTER_SAVE_ENV: "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     (chunk,) = (tmp_path / "cut").glob("chunk-*.pt")
-    holder = hold_claims(tmp_path / "cut", "T4-a0.5-s0")
-    try:
+    with claims_held(tmp_path / "cut", "T4-a0.5-s0"):
         waiting = runner.invoke(app, args)
-    finally:
-        holder.kill()
-        holder.wait()
     assert waiting.exit_code == 0, waiting.output
     assert "students batched" not in waiting.stderr and chunk.is_file()
     assert not (tmp_path / "cut" / "T2-a0.5-s0" / "summary.json").exists()
