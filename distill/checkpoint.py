@@ -205,28 +205,51 @@ LOCK = ".lock"
 class FileLock:
     """An exclusive ``flock`` on one file, held by this process until :meth:`release` or
     until the process ends, however it ends (a kill too: the operating system drops it).
-    Where ``fcntl`` is missing (Windows) nothing is locked and every :func:`take_lock`
-    succeeds."""
+    A child forked meanwhile (DataLoader workers) closes its copies of held locks at once,
+    so a lock never outlives :meth:`release` in a worker. Where ``fcntl`` is missing
+    (Windows) nothing is locked and every :func:`take_lock` succeeds."""
+
+    held: set[FileLock] = set()  # this process's locks not released yet
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
+        if fd is not None:
+            FileLock.held.add(self)
 
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops its lock
+            FileLock.held.discard(self)
+            os.close(self.fd)  # closing the last descriptor drops the lock
             self.fd = None
 
 
-def take_lock(path: Path) -> FileLock | None:
-    """Lock ``path`` (created if missing) without waiting; None when another open file
-    holds the lock (another process, or another :func:`take_lock` of this one)."""
+def _drop_inherited_locks() -> None:
+    """In a forked child: close its copies of the parent's lock descriptors (the parent's
+    locks stay; they drop when the parent closes its own)."""
+    for lock in FileLock.held:
+        try:
+            os.close(lock.fd)
+        except OSError:
+            pass
+        lock.fd = None
+    FileLock.held = set()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
+def take_lock(path: Path, wait: bool = False) -> FileLock | None:
+    """Lock ``path`` (created if missing); None when another open file holds the lock
+    (another process, or another :func:`take_lock` of this one). ``wait``: block until the
+    lock is free instead."""
     try:
         import fcntl
     except ImportError:
         return FileLock(None)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         os.close(fd)
         return None

@@ -306,3 +306,40 @@ def test_resuming_a_student_whose_teacher_changed_is_refused(tmp_path) -> None:
     save_file(tensors, str(teacher / "model.safetensors"))
     assert user_error("student", "--resume", str(student)).startswith(
         f"error: teacher {teacher} changed since this run started (sha256 ")
+
+
+FORK_THEN_RELEASE = """
+import multiprocessing, sys, time
+from pathlib import Path
+from distill.checkpoint import lock_run
+lock = lock_run(Path(sys.argv[1]))
+worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
+worker.start()  # as a DataLoader worker forked while the run trains
+lock.release()
+print("released", flush=True)
+worker.join()
+"""
+
+
+def test_a_released_run_lock_is_free_although_a_forked_worker_lives_on(tmp_path) -> None:
+    """A child forked while the lock was held (DataLoader workers that persist) does not
+    keep the lock after its parent released it, so the run can be resumed elsewhere."""
+    from distill.checkpoint import LOCK, take_lock
+
+    parent = subprocess.Popen([sys.executable, "-c", FORK_THEN_RELEASE, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "released"
+        lock = take_lock(tmp_path / LOCK)
+        assert lock is not None  # the worker still runs, and the lock is free
+        lock.release()
+    finally:
+        for child in _children(parent.pid):
+            os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
