@@ -43,7 +43,7 @@ from distill.engine import autocast, resolve_device, resolve_precision
 from distill.models import build_model
 from distill.optim import build_optimizer, build_scheduler, weight_decay_groups
 from distill.recipe import Recipe
-from distill.sweep import claimed
+from distill.sweep import Cell, claimed, finished, saved_chunks
 
 
 def batching_problem(recipe: Recipe) -> str | None:
@@ -259,15 +259,19 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
     size = chunk_size_for(probe, chunk_size, len(cells))
     by_name = {c.name: c for c in cells}
     chunks = []  # (cells, whether the chunk was interrupted and continues)
-    for saved in sorted(sweep_dir.glob("chunk-*.pt")):  # interrupted chunks continue first
-        names = load_checkpoint(saved)["cells"]
-        if all(n in by_name for n in names):
-            chunks.append(([by_name.pop(n) for n in names], True))
+    for path, names in saved_chunks(sweep_dir).items():  # interrupted chunks continue first
+        # whole: the cells it finished before it was stopped stay as they are
+        left = [n for n in names if not finished(sweep_dir, n)]
+        if not left:  # stopped after its last cell, before removing its checkpoint
+            path.unlink(missing_ok=True)
+        elif all(n in by_name for n in left):
+            chunks.append(([by_name.pop(n) if n in by_name else Cell.from_name(n)
+                            for n in names], True))
     rest = list(by_name.values())
     chunks += [(rest[i:i + size], False) for i in range(0, len(rest), size)]
     alone = []  # cells that another process started alone meanwhile: they resume alone
     for number, (chunk, interrupted) in enumerate(chunks, 1):
-        with claimed(sweep_dir, chunk, console, all_or_none=interrupted) as mine:
+        with claimed(sweep_dir, chunk, console, chunk=interrupted) as mine:
             if not interrupted:
                 alone += [c for c in mine if (sweep_dir / c.name / LAST).is_file()]
                 mine = [c for c in mine if c not in alone]
@@ -312,8 +316,9 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     else:
         runs = [CellRun(sweep_dir / n, MetricsLog(sweep_dir / n / "metrics.jsonl"), teacher,
                         source) for n in names]
-        for run in runs:
-            run.log.truncate_after(saved["epoch"])
+        for name, run in zip(names, runs):
+            if not finished(sweep_dir, name):  # a finished cell's files stay as they are
+                run.log.truncate_after(saved["epoch"])
     students = StackedStudents(models)
     optimizer = stacked_optimizer(students, models[0], recipes[0])
     scheduler = build_scheduler(optimizer, recipes[0].student.optim,
@@ -351,6 +356,8 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     if teacher is not None and teacher_eval is None:
         teacher_eval = evaluate_teacher(teacher, data)
     for i, (r, run) in enumerate(zip(recipes, runs)):
+        if finished(sweep_dir, names[i]):  # finished before an interruption: kept as it is
+            continue
         models[i].load_state_dict(students.state_dict(i))
         finish_cell(r, run, models[i], data, best[i], wall / len(chunk), teacher_eval)
     path.unlink(missing_ok=True)

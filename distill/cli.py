@@ -8,6 +8,7 @@ reaches any recipe field. Every user error is one line on stderr and exit code 2
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -239,6 +240,10 @@ def sweep(recipe: Optional[str] = RecipeOpt,
     Ts = sw.parse_values(T, "T") if T is not None else None
     alphas = sw.parse_values(alpha, "alpha") if alpha is not None else None
     seed_list = sw.parse_values(seeds, "seeds", int) if seeds is not None else None
+    if resume is not None:  # the grid the sweep was started with, unless flags say otherwise
+        info = json.loads((resume / sw.SWEEP_FILE).read_text())
+        Ts, alphas = Ts or info.get("Ts"), alphas or info.get("alphas")
+        seed_list = seed_list if seed_list is not None else info.get("seeds")
     overrides = _overrides("student", set_, teacher=teacher, baseline=baseline,
                            dataset=dataset, data_dir=data_dir, epochs=epochs, device=device,
                            output_dir=output_dir, wandb=wandb)

@@ -15,6 +15,8 @@ Conventions kept here:
 
 from __future__ import annotations
 
+import os
+
 import difflib
 import hashlib
 import json
@@ -337,5 +339,8 @@ def _suggest(loc: list[str]) -> str:
 
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:
-    """Write the resolved recipe (every field, defaults included) as YAML."""
-    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved recipe (every field, defaults included) as YAML, atomically (a
+    sweep's processes all write its recipe.yaml; a reader sees one whole version)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import statistics
 import time
@@ -58,6 +59,12 @@ class Cell:
     @property
     def name(self) -> str:
         return f"T{self.T:g}-a{self.alpha:g}-s{self.seed}"
+
+    @classmethod
+    def from_name(cls, name: str) -> Cell:
+        """The cell a run folder is named after (``T4-a0.9-s0``)."""
+        T, alpha, seed = re.fullmatch(r"T(.+)-a(.+)-s(\d+)", name).groups()
+        return cls(float(T), float(alpha), int(seed))
 
     def overrides(self) -> dict[str, Any]:
         return {"student.T": self.T, "student.alpha": self.alpha, "seed": self.seed}
@@ -285,20 +292,34 @@ def check_same_sweep(sweep_dir: Path, info: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- orchestration
 
-def saved_chunk_cells(sweep_dir: Path) -> set[str]:
-    """The cells of the batched chunks interrupted in this sweep folder (they continue from
-    the chunk's checkpoint, not from a run folder's)."""
-    return {n for f in sweep_dir.glob("chunk-*.pt") for n in load_checkpoint(f)["cells"]}
+def saved_chunks(sweep_dir: Path) -> dict[Path, list[str]]:
+    """The checkpoints of the batched chunks interrupted in this sweep folder and their
+    cells' names (those cells continue from the chunk's checkpoint, not from a run folder's).
+    One that another process removes meanwhile (its chunk finished) is left out."""
+    chunks = {}
+    for path in sorted(sweep_dir.glob("chunk-*.pt")):
+        try:
+            chunks[path] = list(load_checkpoint(path)["cells"])
+        except DistillError:
+            if path.exists():
+                raise
+    return chunks
+
+
+def finished(sweep_dir: Path, name: str) -> bool:
+    return (sweep_dir / name / "summary.json").is_file()
 
 
 @contextmanager
 def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
-            all_or_none: bool = False) -> Iterator[list[Cell]]:
+            chunk: bool = False) -> Iterator[list[Cell]]:
     """The cells of ``cells`` that this process trains now, each claimed until the block
     ends. A cell claimed by another process is left to it, and one that was finished
     meanwhile is dropped. A claimed cell's folder that holds nothing to continue from (started,
     then stopped before its first checkpoint) is removed, so the cell starts afresh.
-    ``all_or_none`` (an interrupted batched chunk): all of ``cells``, or none."""
+    ``chunk`` (an interrupted batched chunk, which continues whole): all of ``cells``,
+    finished ones included, or none; the claims are taken in order and the first one held
+    elsewhere stops them, so of several processes the one with the first cell gets all."""
     locks: list[FileLock] = []
     mine = []
     try:
@@ -307,13 +328,16 @@ def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
             if lock is None:
                 console.print(f"  {cell.name}: another process is training it; left to it",
                               markup=False)
+                if chunk:  # give back what was taken, at once
+                    for taken in locks:
+                        taken.release()
+                    locks, mine = [], []
+                    break
                 continue
             locks.append(lock)
-            if not (sweep_dir / cell.name / "summary.json").is_file():
+            if chunk or not finished(sweep_dir, cell.name):
                 mine.append(cell)
-        if all_or_none and len(mine) < len(cells):
-            mine = []
-        chunked = saved_chunk_cells(sweep_dir) if mine else set()
+        chunked = {n for names in saved_chunks(sweep_dir).values() for n in names} if mine else ()
         for cell in mine:
             run = sweep_dir / cell.name
             if run.exists() and not (run / LAST).is_file() and cell.name not in chunked:
@@ -321,6 +345,18 @@ def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
         yield mine
     finally:
         for lock in locks:
+            lock.release()
+
+
+@contextmanager
+def results_lock(sweep_dir: Path) -> Iterator[None]:
+    """Held (waiting for it) while results.csv and the heatmap are read and rewritten, so
+    the last process to write them writes every cell finished by then."""
+    lock = take_lock(sweep_dir / ".results.lock", wait=True)
+    try:
+        yield
+    finally:
+        if lock is not None:
             lock.release()
 
 
@@ -390,10 +426,10 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     common = {"output_dir": str(sweep_dir), "wandb.group": sweep_name}
     if teacher_dir:
         common["student.teacher"] = teacher_dir
-    in_chunks = saved_chunk_cells(sweep_dir)
+    in_chunks = {n for names in saved_chunks(sweep_dir).values() for n in names}
     todo = []
     for cell in cells:
-        if (sweep_dir / cell.name / "summary.json").is_file():
+        if finished(sweep_dir, cell.name):
             console.print(f"  {cell.name}: finished, kept", markup=False)
         else:
             todo.append(cell)
@@ -411,14 +447,16 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
         with claimed(sweep_dir, [cell], console) as mine:
             if mine:
                 _train_cell(base, common, cell, sweep_dir, f"[{i}/{len(todo)}]", console)
-                write_results(sweep_dir, cells)
-    rows = write_results(sweep_dir, cells)
+                with results_lock(sweep_dir):
+                    write_results(sweep_dir, cells)
+    with results_lock(sweep_dir):
+        rows = write_results(sweep_dir, cells)
+        plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{sweep_name}: validation accuracy")
     if len(rows) < len(cells):
         console.print(f"sweep: {len(cells) - len(rows)} of {len(cells)} students are still "
                       f"training in another process; the table shows the finished ones (run "
                       f"the same command again, or distill report {sweep_dir}, once they end)",
                       markup=False, soft_wrap=True)
-    plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{sweep_name}: validation accuracy")
     Console(quiet=quiet).print(sweep_table(sweep_dir, rows))
     _log_sweep(base, sweep_dir, rows)
     return SweepResult(sweep_dir, rows)

@@ -182,6 +182,13 @@ def test_sweep_resume_flag_continues_the_folder(tmp_path, teacher) -> None:
                                  str(tmp_path / "s"), "--wandb", "disabled", "-q"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s" / "T4-a0.5-s0" / "summary.json").is_file()
+    # with no grid flags, --resume continues the grid the sweep was started with (not the
+    # recipe's 5 x 5 default)
+    (tmp_path / "s" / "T4-a0.5-s0" / "summary.json").unlink()
+    plain = runner.invoke(app, ["sweep", "--resume", str(tmp_path / "s"), "-q"])
+    assert plain.exit_code == 0, plain.output
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir()) == ["T4-a0.5-s0"]
+    assert [r["run"] for r in read_results(tmp_path / "s")] == ["T4-a0.5-s0"]
     bad = runner.invoke(app, ["sweep", "--resume", str(tmp_path)])
     assert bad.exit_code == 2
     assert bad.stderr.strip() == f"error: --resume {tmp_path}: not a sweep folder (no sweep.json)"
@@ -528,3 +535,79 @@ def test_two_processes_running_one_sweep_share_its_cells(tmp_path, teacher) -> N
         assert len((sweep / cell / "metrics.jsonl").read_text().splitlines()) == epochs
     assert len(read_results(sweep)) == 4
     assert "both: 4 students" in " ".join(out.split())  # the last to end shows the whole grid
+
+
+def test_an_interrupted_chunk_is_claimed_in_order_and_stops_at_the_first_cell_held_elsewhere(
+        tmp_path) -> None:
+    """Of processes continuing the same chunk, the one holding its first cell gets all of
+    it: a process that meets a held cell gives back what it took and takes no more."""
+    from rich.console import Console
+
+    from distill.checkpoint import take_lock
+    from distill.sweep import Cell, claimed
+
+    cells = [Cell(2.0, 0.5, 0), Cell(4.0, 0.5, 0), Cell(8.0, 0.5, 0)]
+    with claims_held(tmp_path, cells[1].name):
+        with claimed(tmp_path, cells, Console(quiet=True), chunk=True) as mine:
+            assert mine == []
+            for free in (cells[0], cells[2]):  # given back, and never taken
+                lock = take_lock(tmp_path / f".claim-{free.name}")
+                assert lock is not None
+                lock.release()
+        with claimed(tmp_path, [cells[0], cells[2]], Console(quiet=True), chunk=True) as mine:
+            assert mine == [cells[0], cells[2]]
+
+
+def test_a_chunk_file_removed_by_another_process_while_listed_is_skipped(tmp_path,
+                                                                         monkeypatch) -> None:
+    import distill.sweep as sw
+    from distill.checkpoint import FORMAT_VERSION, save_atomic
+
+    real = sw.load_checkpoint
+    for name in ("chunk-a.pt", "chunk-b.pt"):
+        save_atomic({"format": FORMAT_VERSION, "cells": [name]}, tmp_path / name)
+
+    def finished_meanwhile(path):
+        if path.name == "chunk-a.pt":
+            path.unlink()  # the other process's chunk ended between glob and read
+        return real(path)
+
+    monkeypatch.setattr(sw, "load_checkpoint", finished_meanwhile)
+    assert sw.saved_chunks(tmp_path) == {tmp_path / "chunk-b.pt": ["chunk-b.pt"]}
+
+
+def test_a_chunk_stopped_while_finishing_its_cells_finishes_the_rest_from_its_checkpoint(
+        tmp_path, teacher) -> None:
+    """Killed after the chunk's last epoch, between two cells' final files: the re-run takes
+    the chunk whole from its checkpoint, finishes the cell left and keeps the finished one
+    as it was (before, the left cell went to a new chunk, which refused its folder)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from distill.checkpoint import KILL_AFTER_SAVE_ENV
+
+    args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
+            "--mode", "batched", "--wandb", "disabled", "-q", "--output-dir", str(tmp_path),
+            "--name", "cut", *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
+    epochs = str(STUDENT["student.epochs"])
+    killed = subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True,
+                            text=True, env={**os.environ, KILL_AFTER_SAVE_ENV: epochs})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr  # after the last epoch's save
+    sweep = tmp_path / "cut"
+    (chunk,) = sweep.glob("chunk-*.pt")
+    kept = tmp_path / "chunk.pt"
+    shutil.copy(chunk, kept)
+    whole = runner.invoke(app, args)  # finishes both cells from the chunk
+    assert whole.exit_code == 0, whole.output
+    shutil.copy(kept, chunk)  # as if killed after the first cell's files, before the second's
+    for name in ("summary.json", "model.safetensors"):
+        (sweep / "T4-a0.5-s0" / name).unlink()
+    first = {p.name: p.stat().st_mtime_ns for p in (sweep / "T2-a0.5-s0").iterdir()}
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert (sweep / "T4-a0.5-s0" / "summary.json").is_file() and not chunk.exists()
+    assert {p.name: p.stat().st_mtime_ns for p in (sweep / "T2-a0.5-s0").iterdir()} == first
+    assert len(read_results(sweep)) == 2
