@@ -187,28 +187,34 @@ def test_rank_0_fills_caches_before_the_others_start(tmp_path: Path, rank0: str)
                                     "start 1", "end 1", "after 1"])
 
 
-# wraps the one cache writer of distill.data to log which rank stores which file
-COUNT_CACHE_WRITES = """
+# logs which rank decodes the images, computes the teacher's logits, and stores which file
+COUNT_CACHE_WORK = """
 import os
 import distill.data as data
-
-_store = data.store_cache_file
-
-
-def store(path, write):
-    stored = _store(path, write)
-    with open(os.environ["CACHE_WRITES_LOG"], "a") as log:
-        log.write(f"{os.environ.get('RANK', '-')} {path}\\n")
-    return stored
+import distill.teacher_cache as teacher_cache
 
 
-data.store_cache_file = store
+def logged(module, name, what):
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        with open(os.environ["CACHE_WORK_LOG"], "a") as log:
+            log.write(f"{os.environ.get('RANK', '-')} {what(args)}\\n")
+        return original(*args, **kwargs)
+
+    setattr(module, name, wrapper)
+
+
+logged(data, "store_cache_file", lambda args: f"store {args[0]}")
+logged(data, "_decode_images", lambda args: "decode")
+logged(teacher_cache, "_compute", lambda args: "teacher logits")
 """
 
 
 def test_under_torchrun_rank_0_computes_each_cache_once_and_rank_1_reads_it(tmp_path) -> None:
     """A student on a cold cache (an image folder never decoded, a teacher whose logits were
-    never stored): every cache file is written once, by rank 0; rank 1 reads them."""
+    never stored): rank 0 decodes the images, computes the logits and writes each cache file
+    once; rank 1 does none of it (it reads the files)."""
     from test_recipes_smoke import tiny_image_folder
 
     data = tiny_image_folder(tmp_path / "images")
@@ -218,19 +224,21 @@ def test_under_torchrun_rank_0_computes_each_cache_once_and_rank_1_reads_it(tmp_
                              capture_output=True, text=True, timeout=300,
                              env={**ENV, "DISTILL_CACHE_DIR": str(tmp_path / "teacher-cache")})
     assert teacher.returncode == 0, teacher.stderr[-3000:]
-    hook, log = tmp_path / "hook", tmp_path / "writes.log"
+    hook, log = tmp_path / "hook", tmp_path / "work.log"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(COUNT_CACHE_WRITES)
-    env = {"DISTILL_CACHE_DIR": str(tmp_path / "cold"), "CACHE_WRITES_LOG": str(log),
+    (hook / "sitecustomize.py").write_text(COUNT_CACHE_WORK)
+    env = {"DISTILL_CACHE_DIR": str(tmp_path / "cold"), "CACHE_WORK_LOG": str(log),
            "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
     ddp = torchrun(*STUDENT, *common, "--name", "s",
                    "--teacher", str(tmp_path / "t"), env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    writes = [line.split(" ", 1) for line in log.read_text().splitlines()]
-    paths = [p for _, p in writes]
-    assert {rank for rank, _ in writes} == {"0"}, writes
-    assert len(paths) == len(set(paths)), writes  # each once
-    assert any("/cold/imagefolder/" in p for p in paths), writes  # the decoded images
-    assert any("/t/teacher-logits/" in p for p in paths), writes  # the teacher's logits
+    work = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    assert {rank for rank, _ in work} == {"0"}, work
+    done = [what for _, what in work]
+    assert done.count("teacher logits") == 1 and done.count("decode") >= 1, work
+    stored = [what for what in done if what.startswith("store ")]
+    assert len(stored) == len(set(stored)), work  # each file once
+    assert any("/cold/imagefolder/" in p for p in stored), work  # the decoded images
+    assert any("/t/teacher-logits/" in p for p in stored), work  # the teacher's logits
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["teacher"]["location"] == str(tmp_path / "t")
