@@ -48,11 +48,15 @@ if [ "${SWEEP:-0}" = 1 ]; then
     mkdir -p "$sweeps"
     pids=()
     for j in $(seq "$jobs_max"); do  # they share the grid: each cell is trained by one
-        distill "${sweep_args[@]}" --quiet >> "$sweeps/cifar-val-sweep.$j.log" 2>&1 &
+        echo "sweep process $j: follow it with: tail -f $sweeps/cifar-val-sweep.$j.log"
+        distill "${sweep_args[@]}" >> "$sweeps/cifar-val-sweep.$j.log" 2>&1 &
         pids+=($!)
     done
     for pid in "${pids[@]}"; do
-        wait "$pid" || { echo "sweep failed: see $sweeps/cifar-val-sweep.*.log"; exit 1; }
+        if ! wait "$pid"; then
+            kill "${pids[@]}" 2> /dev/null || true  # the others stop too; a rerun resumes
+            echo "sweep failed: see $sweeps/cifar-val-sweep.*.log"; exit 1
+        fi
     done
     distill report "$sweeps/cifar-val-sweep"
     csv=()

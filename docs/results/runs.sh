@@ -23,13 +23,20 @@ declare -A commands  # run name -> the command line recorded in docs/results
 declare -A folders   # run name -> its run folder
 declare -A elsewhere # run name -> 1 when another process was training it
 
-busy() {  # busy <run folder>: a live process holds the folder's lock (distill's RunLock)
-    python - "$1" <<'PY'
+busy() {  # busy <run folder>: whether a live process holds the folder's lock (distill's)
+    local status=0
+    python - "$1" <<'PY' || status=$?
 import sys
 from pathlib import Path
 from distill.checkpoint import LOCK, take_lock
-sys.exit(0 if take_lock(Path(sys.argv[1]) / LOCK) is None else 1)
+sys.exit(3 if take_lock(Path(sys.argv[1]) / LOCK) is None else 4)
 PY
+    case "$status" in
+        3) return 0 ;;
+        4) return 1 ;;
+        *) echo "$1: cannot tell whether a process trains in it (python exited $status; is" \
+                "distill installed for this python?)" >&2; exit 2 ;;
+    esac
 }
 
 train() {  # train <output folder> <run name> <teach|student> <distill arguments...>
