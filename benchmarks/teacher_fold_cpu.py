@@ -17,9 +17,10 @@ alike), median over the rounds, channels-last weights and input throughout:
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from torch.fx.experimental.optimization import fuse
 
 from distill.losses import distillation_loss
 from distill.models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interleaved import cell, images_per_second, parse_args  # noqa: E402
 
 SHAPE = (3, 32, 32)
 
@@ -52,50 +56,35 @@ def teachers() -> dict[str, nn.Module]:
 def measure(distil: bool, steps: int, rounds: int, batch: int
             ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Images per second with each teacher (one figure per round), and the seconds of each
-    teacher forward (one per step)."""
+    teacher forward after the warm-up (one per step)."""
     torch.manual_seed(1)
     x = torch.randn(batch, *SHAPE).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     student = build_model("resnet20", SHAPE, 10).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    models = teachers()
-    forward: dict[str, list[float]] = {k: [] for k in models}
+    forward: dict[str, list[float]] = {}
 
-    def step(name: str) -> None:
-        start = time.perf_counter()
-        with torch.no_grad():
-            t = models[name](x)
-        forward[name].append(time.perf_counter() - start)
-        if distil:
-            loss = distillation_loss(student(x), t, y, T=4.0, alpha=0.9)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-    for name in models:
-        for _ in range(3):  # warm-up: oneDNN builds its kernels on first use
-            step(name)
-    forward = {k: [] for k in models}
-    rates: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for name in models:
+    def step_with(name: str, teacher: nn.Module):
+        def step() -> None:
             start = time.perf_counter()
-            for _ in range(steps):
-                step(name)
-            rates[name].append(batch * steps / (time.perf_counter() - start))
-    return rates, forward
+            with torch.no_grad():
+                t = teacher(x)
+            forward.setdefault(name, []).append(time.perf_counter() - start)
+            if distil:
+                loss = distillation_loss(student(x), t, y, T=4.0, alpha=0.9)["loss"]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return step
+
+    rates = images_per_second({k: step_with(k, m) for k, m in teachers().items()}, steps,
+                              rounds, batch)
+    return rates, {k: v[3:] for k, v in forward.items()}  # without the 3 warm-up steps
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--batch", type=int, default=128)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of "
-          f"{args.rounds} interleaved rounds (min-max), images/s; teacher forward: median "
-          f"seconds per batch\n")
+    args = parse_args(__doc__)
+    print("teacher forward: median seconds per batch\n")
     print("| pass | teacher as trained | BatchNorm folded | folded / as trained "
           "| teacher forward, as trained -> folded |")
     print("|---|---|---|---|---|")
@@ -103,10 +92,10 @@ def main() -> None:
                                  ("distilled ResNet-20 step", True, 6)]:
         rates, forward = measure(distil, steps, args.rounds, args.batch)
         med = {k: statistics.median(v) for k, v in rates.items()}
-        cells = [f"{med[k]:.0f} ({min(v):.0f}-{max(v):.0f})" for k, v in rates.items()]
         ratio = med["BatchNorm folded"] / med["as trained"]
         seconds = " -> ".join(f"{statistics.median(v):.3f} s" for v in forward.values())
-        print(f"| {label} | " + " | ".join(cells) + f" | {ratio:.2f}x | {seconds} |")
+        print(f"| {label} | " + " | ".join(cell(v) for v in rates.values())
+              + f" | {ratio:.2f}x | {seconds} |")
 
 
 if __name__ == "__main__":
