@@ -15,11 +15,10 @@ Conventions kept here:
 
 from __future__ import annotations
 
-import os
-
 import difflib
 import hashlib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
