@@ -63,6 +63,12 @@ def test_color_jitter_factors() -> None:
     assert torch.allclose(brighter, (x * 1.5).clamp(0, 255), atol=1e-3)
     gray = color_jitter(x, torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]))  # saturation 0
     assert torch.allclose(gray[:, 0], gray[:, 1], atol=1e-3)
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]  # ITU-R 601, as torchvision
+    assert torch.allclose(gray[:, 0], luma, atol=1e-3)
+    # contrast 0.5: halfway to the image's mean luma (no clamping needed on this range)
+    flat = color_jitter(x, torch.tensor([[1.0, 0.5, 1.0], [1.0, 0.5, 1.0]]))
+    mean = luma.mean((1, 2)).view(2, 1, 1, 1)
+    assert torch.allclose(flat, (x - mean) * 0.5 + mean, atol=1e-3)
 
 
 def test_draws_depend_on_the_seed_only_and_shards_agree() -> None:
@@ -97,6 +103,14 @@ def test_training_batches_are_augmented_and_evaluation_never(tmp_path, monkeypat
     assert len(calls) == 2 * num_batches(train, 64)  # training batches only
     assert sum(calls) == 2 * train
     assert run.summary["test"]["accuracy"] > 0.8
+    # and the augmented batch is what the model learns from: an augmentation that blanks
+    # every image leaves the same teacher at chance on the (never augmented) test set
+    monkeypatch.setattr(BatchAugment, "__call__",
+                        lambda self, images, *args, **kwargs: torch.zeros_like(images))
+    blind = api.teach(overrides={"teacher.epochs": 2, "teacher.augment.jitter": 1,
+                                 "output_dir": str(tmp_path)}, name="blind", quiet=True,
+                      wandb="disabled")
+    assert blind.summary["test"]["accuracy"] < 0.3
 
 
 def test_rotation_keeps_non_square_images_unsheared() -> None:

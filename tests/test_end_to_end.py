@@ -95,6 +95,53 @@ def test_best_on_validation_is_recorded_but_test_is_the_last_epoch(runs) -> None
     assert best["val_accuracy"] == max(r["val_accuracy"] for r in lines)
     assert lines[best["epoch"] - 1]["val_accuracy"] == best["val_accuracy"]
     assert s["final_epoch"]["epoch"] == 30
+    # best.safetensors holds that epoch's weights: they score its validation accuracy, and
+    # they are not the last epoch's (which score less)
+    from distill.data import load_data
+    from distill.engine import predict
+    from distill.models import build_model
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe(str(runs["student"] / "recipe.yaml"))
+    data = load_data(recipe.data)
+    cfg = recipe.student
+    accuracy = {}
+    for weights in ("best", "model"):
+        model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
+                            **cfg.model.build_options())
+        model.load_state_dict(load_file(str(runs["student"] / f"{weights}.safetensors")))
+        hits = predict(model, data.val, data.info).argmax(1) == data.val.labels
+        accuracy[weights] = hits.float().mean().item()
+    assert accuracy["best"] == pytest.approx(best["val_accuracy"], abs=1e-6)
+    assert accuracy["model"] == pytest.approx(lines[-1]["val_accuracy"], abs=1e-6)
+    if best["val_accuracy"] > lines[-1]["val_accuracy"]:
+        assert accuracy["best"] > accuracy["model"]
+
+
+def test_the_best_weights_are_a_copy_that_later_training_does_not_change() -> None:
+    """The best epoch's weights are kept apart from the live model: training on (here an
+    in-place change of every parameter, as an optimizer step makes) leaves them as they
+    were, and a later, better epoch replaces them."""
+    from distill.engine import TrainState, _track_best
+    from distill.models import build_model
+    from distill.optim import build_optimizer, build_scheduler
+    from distill.recipe import OptimConfig
+
+    model = build_model("mlp", (1, 8, 8), 10, hidden_sizes=[4])
+    cfg = OptimConfig(name="adam", lr=1e-2)
+    optimizer = build_optimizer(model, cfg)
+    state = TrainState(model, optimizer, build_scheduler(optimizer, cfg, 10, 1))
+    _track_best(state, {"epoch": 1, "val_accuracy": 0.5})
+    at_epoch_1 = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    _track_best(state, {"epoch": 2, "val_accuracy": 0.4})  # worse: epoch 1 stays
+    assert state.best_epoch == 1
+    assert all(torch.equal(state.best_weights[k], v) for k, v in at_epoch_1.items())
+    _track_best(state, {"epoch": 3, "val_accuracy": 0.6})
+    assert state.best_epoch == 3
+    assert all(torch.equal(state.best_weights[k], v) for k, v in model.state_dict().items())
 
 
 def test_eval_reproduces_the_summary_and_reports_gap(runs) -> None:
@@ -124,13 +171,28 @@ def test_a_run_folder_is_never_overwritten(runs) -> None:
     assert summary(runs["baseline"])["kd"]["alpha"] == 0.0
 
 
-def test_seed_changes_init_but_not_batches(tmp_path) -> None:
+def test_seed_changes_init_but_not_batches(tmp_path, monkeypatch) -> None:
     """Two teachers that differ only in seed: other weights, same data order and split."""
+    import distill.engine as engine
+
+    orders: list[list[torch.Tensor]] = []
+    real = engine.indexed_train_batches
+
+    def recorded(*args, **kwargs):
+        orders[-1].append([])
+        for x, y, idx in real(*args, **kwargs):
+            orders[-1][-1].append(idx.clone())
+            yield x, y, idx
+
+    monkeypatch.setattr(engine, "indexed_train_batches", recorded)
     common = ["--output-dir", str(tmp_path), "--wandb", "disabled", "-q", "--epochs", "1",
               "--set", "teacher.model.dropout=0"]
-    invoke("teach", "--seed", "1", "--name", "a", *common)
-    invoke("teach", "--seed", "2", "--name", "b", *common)
-    invoke("teach", "--seed", "1", "--name", "c", *common)
+    for seed, name in (("1", "a"), ("2", "b"), ("1", "c")):
+        orders.append([])
+        invoke("teach", "--seed", seed, "--name", name, *common)
+    (a_order,), (b_order,) = orders[0], orders[1]  # one epoch each: the batches' indices
+    assert len(a_order) > 1 and all(torch.equal(i, j) for i, j in zip(a_order, b_order, strict=True))
+    assert not torch.equal(a_order[0], torch.arange(len(a_order[0])))  # shuffled, though
     a, b, c = (load_file(str(tmp_path / n / "model.safetensors")) for n in "abc")
     assert all(torch.equal(a[k], c[k]) for k in a)  # same seed: bitwise the same run
     assert any(not torch.equal(a[k], b[k]) for k in a)

@@ -89,6 +89,11 @@ def test_classification_metrics_dtype_independent() -> None:
     assert half["accuracy"] == pytest.approx(ref["accuracy"], abs=0.03)
     assert half["nll"] == pytest.approx(ref["nll"], rel=0.02)
     assert isinstance(half["nll"], float)
+    # computed in float64 whatever the input: bf16 logits score exactly as the same values
+    # given in float64 (the only difference left is the logits' own rounding)
+    same = classification_metrics(logits.bfloat16().double(), targets)
+    for key, value in same.items():
+        assert half[key] == pytest.approx(value, abs=1e-12), key
 
 
 def test_classification_metrics_rejects_bad_shapes() -> None:

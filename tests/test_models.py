@@ -158,6 +158,9 @@ def test_resnet_init() -> None:
     assert all(torch.all(b.weight == 1) and torch.all(b.bias == 0) for b in bns)
     conv = model.layer3[0].conv2  # 64 -> 64, 3x3: fan_out = 576
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / 576), rel=0.1)
+    # 32 -> 64: fan_out (576) and fan_in (288) differ, so this one tells the modes apart
+    conv = model.layer3[0].conv1
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / 576), rel=0.1)
 
 
 # ----------------------------------------------------------------------------- errors
