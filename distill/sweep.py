@@ -174,8 +174,8 @@ def sweep_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
     if baseline is None:  # alpha = 0 cells are baselines trained on the same batches
         zero = [r["test_accuracy"] for r in rows if r["alpha"] == 0]
         baseline = statistics.fmean(zero) if zero else None
-    grid_size = len(info.get("Ts", [])) * len(info.get("alphas", [])) * len(info.get("seeds", []))
-    of = f" of {grid_size}" if len(rows) < grid_size else ""  # cells still training elsewhere
+    size = grid_size(info)
+    of = f" of {size}" if len(rows) < size else ""  # cells still training elsewhere
     table = Table(title=f"{sweep_dir.name}: {len(rows)}{of} students (mean ± std over seeds)")
     for col in ("T", "alpha", "seeds", "val acc", "test acc", "gap closed", ""):
         table.add_column(col, justify="right")
@@ -277,6 +277,11 @@ def sweep_info(recipe: Recipe, cells: list[Cell], teacher: str, mode: str) -> di
             "seeds": sorted({c.seed for c in cells}), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def grid_size(info: dict[str, Any]) -> int:
+    """How many students the grid of a sweep.json holds (cells x seeds)."""
+    return len(info.get("Ts", [])) * len(info.get("alphas", [])) * len(info.get("seeds", []))
+
+
 def check_same_sweep(sweep_dir: Path, info: dict[str, Any]) -> None:
     """A sweep folder continues only the same recipe and teacher (its cells stay comparable)."""
     path = sweep_dir / SWEEP_FILE
@@ -304,6 +309,11 @@ def saved_chunks(sweep_dir: Path) -> dict[Path, list[str]]:
             if path.exists():
                 raise
     return chunks
+
+
+def chunked_cells(sweep_dir: Path) -> set[str]:
+    """The names of the cells that continue from an interrupted chunk's checkpoint."""
+    return {n for names in saved_chunks(sweep_dir).values() for n in names}
 
 
 def finished(sweep_dir: Path, name: str) -> bool:
@@ -337,7 +347,7 @@ def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
             locks.append(lock)
             if chunk or not finished(sweep_dir, cell.name):
                 mine.append(cell)
-        chunked = {n for names in saved_chunks(sweep_dir).values() for n in names} if mine else ()
+        chunked = chunked_cells(sweep_dir) if mine else set()
         for cell in mine:
             run = sweep_dir / cell.name
             if run.exists() and not (run / LAST).is_file() and cell.name not in chunked:
@@ -426,7 +436,7 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     common = {"output_dir": str(sweep_dir), "wandb.group": sweep_name}
     if teacher_dir:
         common["student.teacher"] = teacher_dir
-    in_chunks = {n for names in saved_chunks(sweep_dir).values() for n in names}
+    in_chunks = chunked_cells(sweep_dir)
     todo = []
     for cell in cells:
         if finished(sweep_dir, cell.name):

@@ -198,11 +198,10 @@ SWEEP_COLUMNS = ["T", "alpha", "seed", "epochs", "val_accuracy", "best_val_accur
 def sweep(sweep_dir: Path, out: Path | None = None, command: str = "") -> tuple[float, float]:
     """The (T, alpha) a finished sweep chooses on validation; with ``out``, its validation
     figures (one row per cell and seed, no test column) written there as CSV."""
-    from distill.sweep import SWEEP_FILE, aggregate, best_cell, read_results
+    from distill.sweep import SWEEP_FILE, aggregate, best_cell, grid_size, read_results
 
-    info = json.loads((sweep_dir / SWEEP_FILE).read_text())
     rows = read_results(sweep_dir)
-    size = len(info["Ts"]) * len(info["alphas"]) * len(info["seeds"])
+    size = grid_size(json.loads((sweep_dir / SWEEP_FILE).read_text()))
     if len(rows) < size:
         raise SystemExit(f"{sweep_dir}: {len(rows)} of {size} students finished; run the "
                          f"sweep to the end before choosing")
