@@ -205,8 +205,9 @@ LOCK = ".lock"
 class FileLock:
     """An exclusive ``flock`` on one file, held by this process until :meth:`release` or
     until the process ends, however it ends (a kill too: the operating system drops it).
-    A child forked meanwhile (DataLoader workers) closes its copies of held locks at once,
-    so a lock never outlives :meth:`release` in a worker. Where ``fcntl`` is missing
+    A child forked meanwhile (DataLoader workers) closes its copies of held locks as the
+    first thing it does, so a lock never outlives :meth:`release` in a worker (a child
+    forked microseconds before the release, not yet scheduled, could hold it that long). Where ``fcntl`` is missing
     (Windows) nothing is locked and every :func:`take_lock` succeeds."""
 
     held: set[FileLock] = set()  # this process's locks not released yet

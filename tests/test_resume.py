@@ -312,12 +312,19 @@ FORK_THEN_RELEASE = """
 import multiprocessing, sys, time
 from pathlib import Path
 from distill.checkpoint import lock_run
-lock = lock_run(Path(sys.argv[1]))
-worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
-worker.start()  # as a DataLoader worker forked while the run trains
-lock.release()
-print("released", flush=True)
-worker.join()
+def work(started):
+    started.set()  # a forked child runs its at-fork hooks before its target
+    time.sleep(120)
+if __name__ == "__main__":
+    lock = lock_run(Path(sys.argv[1]))
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+    worker = context.Process(target=work, args=(started,))
+    worker.start()  # as a DataLoader worker forked while the run trains
+    assert started.wait(60)  # as a worker does long before its run ends
+    lock.release()
+    print("released", flush=True)
+    worker.join()
 """
 
 
