@@ -142,11 +142,24 @@ def test_plain_sgd_step_is_lr_times_gradient() -> None:
         torch.testing.assert_close(p.detach(), b - 0.1 * g)
 
 
-def test_weight_decay_spares_biases_and_norm_parameters() -> None:
+@pytest.mark.parametrize(("name", "shrink"), [
+    ("sgd", 1 - 0.1 * 0.05),  # coupled: the gradient gets wd * w, the step lr * (wd * w)
+    ("adamw", 1 - 0.1 * 0.05),  # decoupled: w <- w (1 - lr wd), then the Adam step (0 here)
+    ("lookahead_sgd", 1 - 0.1 * 0.05),  # slow weights start at the fast ones: step 1 is SGD's
+])
+def test_weight_decay_shrinks_weights_by_the_recipe_value_and_leaves_the_rest(
+        name: str, shrink: float) -> None:
+    """With a zero gradient, one step multiplies each decayed weight by 1 - lr * wd and
+    leaves biases and norm parameters exactly where they were."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
-    opt = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.05))
-    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert decayed == {id(model[0].weight), id(model[2].weight)}
+    opt = build_optimizer(model, OptimConfig(name=name, lr=0.1, weight_decay=0.05))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    (0 * model(torch.randn(5, 4)).sum()).backward()  # every gradient present and zero
+    opt.step()
+    for n, p in model.named_parameters():
+        want = before[n] * shrink if n in ("0.weight", "2.weight") else before[n]
+        torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=0, msg=n)
 
 
 def test_unknown_optimizer_lists_the_known_ones() -> None:
