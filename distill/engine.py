@@ -22,6 +22,7 @@ from distill.data import (DataBundle, DataInfo, Split, eval_batches, indexed_tra
 from distill.distributed import World, reduce_sums
 from distill.errors import DistillError
 from distill.losses import distillation_loss
+from distill.models import input_format
 from distill.teacher import FrozenTeacher
 
 LOG_EVERY = 25  # steps between progress updates (each one synchronises with the device)
@@ -129,13 +130,16 @@ def resolve_precision(amp: bool | None, channels_last: bool | None, device: torc
 
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, info: DataInfo, batch_size: int = 1000) -> Tensor:
-    """Logits [N, K] (float32, on the CPU) of ``model`` over ``split``, in eval mode.
+    """Logits [N, K] (float32, on the CPU) of ``model`` over ``split``, in eval mode,
+    batches laid out as the model's weights are (:func:`input_format`).
 
     The model's previous train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
-    outs = [model(x).float() for x, _ in eval_batches(split, info, batch_size)]
+    layout = input_format(model)
+    outs = [model(x.contiguous(memory_format=layout)).float()
+            for x, _ in eval_batches(split, info, batch_size)]
     model.train(was_training)
     return torch.cat(outs).cpu()
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from distill.models import input_format
+
 __all__ = [
     "agreement",
     "classification_metrics",
@@ -218,7 +220,8 @@ def profile_model(
     Returns ``params`` (all parameters, frozen ones too), ``macs_per_image`` (multiply-accumulates
     of one [1, C, H, W] forward, counted by ``FlopCounterMode`` as FLOPs / 2),
     ``latency_ms_per_batch`` (median of ``repeats`` timed forwards of a random
-    [batch_size, C, H, W] batch after one warm-up) and ``latency_batch_size``.
+    [batch_size, C, H, W] batch, laid out as the weights are, after one warm-up) and
+    ``latency_batch_size``.
 
     The model must already be on ``device``. Forwards run in eval mode under ``no_grad``, so
     weights and buffers (e.g. BatchNorm running stats) are untouched; every submodule's
@@ -232,9 +235,11 @@ def profile_model(
     model.eval()
     try:
         with torch.no_grad():
+            layout = input_format(model)
             one = torch.randn(1, *in_shape, device=device, dtype=dtype)
-            macs = _count_macs(model, one)
-            batch = torch.randn(batch_size, *in_shape, device=device, dtype=dtype)
+            macs = _count_macs(model, one.contiguous(memory_format=layout))
+            batch = torch.randn(batch_size, *in_shape, device=device, dtype=dtype
+                                ).contiguous(memory_format=layout)
             latency = _median_latency_ms(lambda: model(batch), device, repeats)
     finally:
         for module, training in modes.items():

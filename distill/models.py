@@ -93,6 +93,19 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def input_format(model: nn.Module) -> torch.memory_format:
+    """The layout to feed ``model``'s [B, C, H, W] inputs in: ``channels_last`` where its
+    convolution weights are laid out so (a conv net placed channels-last), else NCHW.
+    Weights whose strides fit both layouts (one input channel, 1 x 1 kernels) say nothing."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            w = module.weight
+            cl, nchw = w.is_contiguous(memory_format=torch.channels_last), w.is_contiguous()
+            if cl != nchw:
+                return torch.channels_last if cl else torch.contiguous_format
+    return torch.contiguous_format
+
+
 # --------------------------------------------------------------------------------------
 # Building and checking
 # --------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ the memory layout only, never the arithmetic a run does."""
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from safetensors.torch import load_file
 import distill.api as api
 from distill.engine import resolve_precision
 from distill.models import build_model
+from test_on_disk import noisy_image_folder
 
 CONV = build_model("cnn", (1, 8, 8), 10)
 MLP = build_model("mlp", (1, 8, 8), 10, hidden_sizes=[16])
@@ -33,8 +37,52 @@ def test_a_recipe_switches_either_off_or_on() -> None:
     assert resolve_precision(True, None, cpu, MLP) == (True, False)
 
 
-def _conv_pair(out: Path, channels_last: bool) -> dict[str, api.RunResult]:
+def test_inputs_follow_the_layout_of_the_conv_weights() -> None:
+    """Evaluation and latency feed a conv net in the layout its weights were placed in."""
+    from distill.models import input_format
+
+    rgb = build_model("cnn", (3, 8, 8), 10)
+    assert input_format(rgb) == torch.contiguous_format
+    assert input_format(rgb.to(memory_format=torch.channels_last)) == torch.channels_last
+    assert input_format(MLP) == torch.contiguous_format
+
+
+def _layout(t: torch.Tensor) -> str | None:
+    """"cl" or "nchw" for a 4-d tensor whose strides tell them apart (None where both
+    hold: one channel, or 1 x 1 pixels)."""
+    cl, nchw = t.is_contiguous(memory_format=torch.channels_last), t.is_contiguous()
+    return None if cl == nchw else "cl" if cl else "nchw"
+
+
+SHAPE_CHECKS = {"check_model", "_check_classes"}  # a zeros batch through a model not yet placed
+
+
+def _in_shape_check() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_name not in SHAPE_CHECKS:
+        frame = frame.f_back
+    return frame is not None
+
+
+@contextmanager
+def conv_layouts() -> Iterator[set[tuple[str | None, str | None]]]:
+    """The (input, weight) layouts every Conv2d called meanwhile saw, teacher's included."""
+    seen: set[tuple[str | None, str | None]] = set()
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, torch.nn.Conv2d) and not _in_shape_check():
+            seen.add((_layout(args[0]), _layout(module.weight)))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _conv_pair(out: Path, channels_last: bool, data: Path) -> dict[str, api.RunResult]:
     common = {"output_dir": str(out), "channels_last": channels_last,
+              "data.name": f"imagefolder:{data}", "data.val_size": 6,
               "teacher.model.name": "cnn", "student.model.name": "cnn",
               "student.model.width": 4, "teacher.epochs": 2, "student.epochs": 2,
               # no cache and no augmentation: the teacher runs on every (NCHW) batch
@@ -46,7 +94,14 @@ def _conv_pair(out: Path, channels_last: bool) -> dict[str, api.RunResult]:
 
 
 def test_channels_last_trains_the_same_conv_teacher_and_student_as_nchw(tmp_path: Path) -> None:
-    runs = {cl: _conv_pair(tmp_path / str(cl), cl) for cl in (True, False)}
+    data = noisy_image_folder(tmp_path / "rgb", per_class=24, size=8)  # 3 channels: one
+    runs, layouts = {}, {}  # channel would be laid out alike either way
+    for cl in (True, False):
+        with conv_layouts() as layouts[cl]:
+            runs[cl] = _conv_pair(tmp_path / str(cl), cl, data)
+    for cl, want in ((True, "cl"), (False, "nchw")):  # the tensors themselves, not a flag
+        seen = {layout for pair in layouts[cl] for layout in pair} - {None}
+        assert seen == {want}, (cl, layouts[cl])
     for role in ("teacher", "student"):
         envs = {cl: json.loads((runs[cl][role].run_dir / "environment.json").read_text())
                 for cl in runs}
