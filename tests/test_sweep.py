@@ -396,7 +396,7 @@ from pathlib import Path
 from distill.checkpoint import take_lock
 locks = [take_lock(Path(p)) for p in sys.argv[1:]]
 print("held" if all(locks) else "not held", flush=True)
-time.sleep(120)
+sys.stdin.read()  # until the test closes the pipe or kills this process, however slow
 """
 
 
@@ -410,7 +410,7 @@ def claims_held(sweep: Path, *cells: str) -> Iterator[None]:
     sweep.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIMS,
                                *[str(sweep / f".claim-{c}") for c in cells]],
-                              stdout=subprocess.PIPE, text=True)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         yield
@@ -513,6 +513,11 @@ def test_two_processes_running_one_sweep_share_its_cells(tmp_path, teacher) -> N
                     held = claim.name.removeprefix(".claim-")
                 else:
                     lock.release()
+            results = take_lock(sweep / ".results.lock") if held else None
+            if held and results is None:  # stopped while writing results.csv, it would hang
+                held = None  # this process's own write: let it go on
+            elif results is not None:
+                results.release()
             if held is None:
                 os.kill(other.pid, signal.SIGCONT)
         assert held is not None, "the other sweep never held a cell"
