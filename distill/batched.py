@@ -272,6 +272,9 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
     alone = []  # cells that another process started alone meanwhile: they resume alone
     for number, (chunk, interrupted) in enumerate(chunks, 1):
         with claimed(sweep_dir, chunk, console, chunk=interrupted) as mine:
+            if interrupted and not chunk_path(sweep_dir, [c.name for c in chunk]).is_file():
+                # another process finished it between the listing and the claim
+                interrupted, mine = False, [c for c in mine if not finished(sweep_dir, c.name)]
             if not interrupted:
                 alone += [c for c in mine if (sweep_dir / c.name / LAST).is_file()]
                 mine = [c for c in mine if c not in alone]

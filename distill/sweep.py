@@ -35,7 +35,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from distill.checkpoint import LAST, FileLock, load_checkpoint, take_lock
+from distill.checkpoint import LAST, LOCK, FileLock, load_checkpoint, take_lock
 from distill.errors import DistillError, RecipeError
 from distill.recipe import Recipe, dump_recipe
 from distill.teacher import read_summary, teacher_location
@@ -348,14 +348,32 @@ def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
             if chunk or not finished(sweep_dir, cell.name):
                 mine.append(cell)
         chunked = chunked_cells(sweep_dir) if mine else set()
-        for cell in mine:
+        for cell in list(mine):
             run = sweep_dir / cell.name
-            if run.exists() and not (run / LAST).is_file() and cell.name not in chunked:
-                shutil.rmtree(run)  # nothing to resume from: it trains again
+            if (run.exists() and not finished(sweep_dir, cell.name)
+                    and not (run / LAST).is_file() and cell.name not in chunked
+                    and not _remove_unlocked(run)):
+                console.print(f"  {cell.name}: a process outside this sweep trains in its "
+                              "folder; left to it", markup=False)
+                mine = [] if chunk else [c for c in mine if c is not cell]
         yield mine
     finally:
         for lock in locks:
             lock.release()
+
+
+def _remove_unlocked(run: Path) -> bool:
+    """Remove the run folder ``run`` (nothing in it to resume from: the cell trains again)
+    unless a process holds its run lock (e.g. ``distill student --resume`` on it); False
+    then, and the folder stays."""
+    lock = take_lock(run / LOCK)
+    if lock is None:
+        return False
+    try:
+        shutil.rmtree(run)
+    finally:
+        lock.release()
+    return True
 
 
 @contextmanager

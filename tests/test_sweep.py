@@ -404,12 +404,18 @@ sys.stdin.read()  # until the test closes the pipe or kills this process, howeve
 def claims_held(sweep: Path, *cells: str) -> Iterator[None]:
     """While the block runs, a live process holds the claims of ``cells``, as a second
     sweep training them would."""
+    sweep.mkdir(parents=True, exist_ok=True)
+    with locks_held(*[sweep / f".claim-{c}" for c in cells]):
+        yield
+
+
+@contextmanager
+def locks_held(*paths: Path) -> Iterator[None]:
+    """While the block runs, a live process holds the locks ``paths``."""
     import subprocess
     import sys
 
-    sweep.mkdir(parents=True, exist_ok=True)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIMS,
-                               *[str(sweep / f".claim-{c}") for c in cells]],
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIMS, *map(str, paths)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -419,11 +425,15 @@ def claims_held(sweep: Path, *cells: str) -> Iterator[None]:
         holder.wait()
 
 
-@pytest.mark.parametrize("mode", ["sequential", "batched"])
-def test_a_cell_claimed_by_another_process_is_left_to_it(tmp_path, teacher, mode) -> None:
-    """Another process holds one cell's claim and has just created its folder (no checkpoint
-    yet): the sweep trains the other cells, leaves that folder alone and says so; once the
-    other process is gone, the same command trains the cell."""
+@pytest.mark.parametrize(("mode", "holder"), [
+    ("sequential", "claim"), ("batched", "claim"),  # another sweep process
+    ("sequential", "run lock"),  # e.g. distill student --resume on the cell's folder
+])
+def test_a_cell_claimed_by_another_process_is_left_to_it(tmp_path, teacher, mode,
+                                                         holder) -> None:
+    """Another process holds one cell (its claim, or the lock of its folder) and has just
+    created its folder (no checkpoint yet): the sweep trains the other cells, leaves that
+    folder alone and says so; once the other process is gone, the same command trains it."""
     sweep = tmp_path / "shared"
     started = sweep / "T4-a0.9-s0"
     started.mkdir(parents=True)
@@ -431,11 +441,14 @@ def test_a_cell_claimed_by_another_process_is_left_to_it(tmp_path, teacher, mode
     args = ["sweep", "--T", "4", "--alpha", "0,0.5,0.9", "--seeds", "0", "--teacher",
             str(teacher), "--mode", mode, "--output-dir", str(tmp_path), "--name", "shared",
             "--wandb", "disabled", *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
-    with claims_held(sweep, "T4-a0.9-s0"):
+    held = (claims_held(sweep, "T4-a0.9-s0") if holder == "claim"
+            else locks_held(started / ".lock"))
+    with held:
         first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     err = " ".join(first.stderr.split())
-    assert "T4-a0.9-s0: another process is training it; left to it" in err
+    assert ("T4-a0.9-s0: another process is training it; left to it" if holder == "claim" else
+            "T4-a0.9-s0: a process outside this sweep trains in its folder; left to it") in err
     assert ("sweep: 1 of 3 students are still training in another process; the table shows "
             f"the finished ones (run the same command again, or distill report {sweep}, once "
             "they end)") in err
@@ -615,4 +628,49 @@ def test_a_chunk_stopped_while_finishing_its_cells_finishes_the_rest_from_its_ch
     assert again.exit_code == 0, again.output
     assert (sweep / "T4-a0.5-s0" / "summary.json").is_file() and not chunk.exists()
     assert {p.name: p.stat().st_mtime_ns for p in (sweep / "T2-a0.5-s0").iterdir()} == first
+    assert len(read_results(sweep)) == 2
+
+
+def test_a_chunk_finished_by_another_process_after_this_one_listed_it_is_left_finished(
+        tmp_path, teacher, monkeypatch) -> None:
+    """This process lists an interrupted chunk; before it claims it, another process
+    finishes the chunk and removes its checkpoint. The claim then finds the cells finished:
+    their folders (which hold no checkpoint of their own) stay as they are and nothing is
+    trained again (before, they were removed as stale and the chunk was trained afresh)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import distill.batched as batched
+    from distill.checkpoint import KILL_AFTER_SAVE_ENV
+
+    args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
+            "--mode", "batched", "--wandb", "disabled", "-q", "--output-dir", str(tmp_path),
+            "--name", "race", *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
+    epochs = str(STUDENT["student.epochs"])
+    killed = subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True,
+                            text=True, env={**os.environ, KILL_AFTER_SAVE_ENV: epochs})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    sweep = tmp_path / "race"
+    assert list(sweep.glob("chunk-*.pt"))
+    real_claimed, files = batched.claimed, {}
+
+    def peer_finishes_first(sweep_dir, cells, console, chunk=False):
+        if chunk and not files:  # between this process's listing and its claim
+            peer = subprocess.run([sys.executable, "-m", "distill", *args],
+                                  capture_output=True, text=True)
+            assert peer.returncode == 0, peer.stderr
+            files.update({p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()})
+        return real_claimed(sweep_dir, cells, console, chunk=chunk)
+
+    monkeypatch.setattr(batched, "claimed", peer_finishes_first)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert files, "the interrupted chunk was not claimed"
+    for cell in ("T2-a0.5-s0", "T4-a0.5-s0"):
+        assert (sweep / cell / "summary.json").is_file()
+        metrics = sweep / cell / "metrics.jsonl"
+        assert len(metrics.read_text().splitlines()) == int(epochs)
+        assert metrics.stat().st_mtime_ns == files[metrics]  # not trained again
     assert len(read_results(sweep)) == 2
