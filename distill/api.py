@@ -175,10 +175,8 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     if teacher is not None:
         precision["teacher_channels_last"] = resolve_precision(
             recipe.amp, recipe.channels_last, device, teacher)[1]
-    run_dir, env = (_run_folder(recipe, role, name, resume, device, precision) if main
+    run_dir, env = (_run_folder(recipe, role, name, resume, device, precision, locks) if main
                     else (None, {}))
-    if resume is None and main:
-        locks.append(lock_run(run_dir))
     console.print(f"{'resuming' if resume else 'run folder'}: {run_dir}"
                   + (f" ({world.size} processes, rank 0 writes)" if world else ""),
                   markup=False, highlight=False, soft_wrap=True)
@@ -245,12 +243,14 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
 
 
 def _run_folder(recipe: Recipe, role: str, name: str | None, resume: Path | None,
-                device: torch.device, extra: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """A new run folder (``extra`` goes into its environment.json), or the resumed one (its
-    recipe rewritten: changed only with --allow-changes)."""
+                device: torch.device, extra: dict[str, Any], locks: list[FileLock]
+                ) -> tuple[Path, dict[str, Any]]:
+    """A new run folder (``extra`` goes into its environment.json; its lock is added to
+    ``locks``), or the resumed one (its recipe rewritten: changed only with
+    --allow-changes)."""
     if resume is None:
         return new_run(recipe, Path(recipe.output_dir), run_prefix(recipe, role), name,
-                       str(device), **extra)
+                       str(device), locks=locks, **extra)
     clean_stale(resume)
     env = json.loads((resume / "environment.json").read_text())
     dump_recipe(recipe, resume / "recipe.yaml")
@@ -280,9 +280,15 @@ def _restore(state: TrainState, checkpoint: dict[str, Any], device: torch.device
 
 
 def new_run(recipe: Recipe, parent: Path, prefix: str, name: str | None, device: str,
-            **environment_extra: Any) -> tuple[Path, dict[str, Any]]:
-    """A new run folder with its environment.json (and wandb run id) and resolved recipe."""
+            locks: list[FileLock] | None = None, **environment_extra: Any
+            ) -> tuple[Path, dict[str, Any]]:
+    """A new run folder with its environment.json (and wandb run id) and resolved recipe.
+    ``locks``: the folder's run lock is taken as soon as the folder exists, before anything
+    is written in it, and added there (a folder with no lock and no checkpoint is a run
+    stopped before its first checkpoint, which the scripts and sweeps may clear)."""
     run_dir = create_run_dir(parent, prefix, name)
+    if locks is not None:
+        locks.append(lock_run(run_dir))
     env = {**environment(device), "wandb_id": uuid.uuid4().hex[:12], **environment_extra}
     write_json(run_dir / "environment.json", env)
     dump_recipe(recipe, run_dir / "recipe.yaml")

@@ -252,6 +252,28 @@ def test_a_run_still_training_is_not_resumed_beside_itself(tmp_path, reference,
     assert_same_run(run, reference)
 
 
+def test_a_new_run_folder_is_locked_before_anything_is_written_in_it(tmp_path,
+                                                                      monkeypatch) -> None:
+    """From the moment it exists, a new run's folder reads as busy to others (a folder with
+    neither lock nor checkpoint is a run stopped early, which scripts and sweeps clear)."""
+    from distill.checkpoint import LOCK, take_lock
+
+    real, seen = api.environment, []
+
+    def environment_checked(*args, **kwargs):  # runs right after the folder is made
+        (run,) = (tmp_path / "out").iterdir()
+        seen.append(take_lock(run / LOCK))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "environment", environment_checked)
+    api.teach(None, {"output_dir": str(tmp_path / "out"), "teacher.epochs": 1}, name="t",
+              quiet=True, wandb="disabled")
+    assert seen == [None]  # held by the run itself
+    lock = take_lock(tmp_path / "out" / "t" / LOCK)
+    assert lock is not None  # and free once it ended
+    lock.release()
+
+
 def test_resume_with_a_changed_recipe_is_refused_unless_allowed(tmp_path, killed_mid_epoch
                                                                 ) -> None:
     run = tmp_path / "run"
