@@ -23,19 +23,22 @@ declare -A commands  # run name -> the command line recorded in docs/results
 declare -A folders   # run name -> its run folder
 declare -A elsewhere # run name -> 1 when another process was training it
 
-busy() {  # busy <run folder>: whether a live process holds the folder's lock (distill's)
+folder_state() {  # folder_state <run folder>: busy (a live process holds distill's lock
+    # on it), resumable (a checkpoint to continue from) or unstarted (stopped before one)
     local status=0
     python - "$1" <<'PY' || status=$?
 import sys
 from pathlib import Path
-from distill.checkpoint import LOCK, take_lock
-sys.exit(3 if take_lock(Path(sys.argv[1]) / LOCK) is None else 4)
+from distill.checkpoint import LAST, LOCK, take_lock
+run = Path(sys.argv[1])
+sys.exit(3 if take_lock(run / LOCK) is None else 4 if (run / LAST).is_file() else 5)
 PY
     case "$status" in
-        3) return 0 ;;
-        4) return 1 ;;
+        3) echo busy ;;
+        4) echo resumable ;;
+        5) echo unstarted ;;
         *) echo "$1: cannot tell whether a process trains in it (python exited $status; is" \
-                "distill installed for this python?)" >&2; exit 2 ;;
+                "distill installed for this python?)" >&2; return 2 ;;
     esac
 }
 
@@ -46,11 +49,13 @@ train() {  # train <output folder> <run name> <teach|student> <distill arguments
     folders[$name]="$dir"
     mkdir -p "$parent"
     if [ -f "$dir/summary.json" ]; then echo "$name: finished earlier"; return; fi
-    if [ -d "$dir" ] && busy "$dir"; then
+    local state=new
+    if [ -d "$dir" ]; then state="$(folder_state "$dir")" || exit 2; fi
+    if [ "$state" = busy ]; then
         echo "$name: another process is training it; left to it"; elsewhere[$name]=1; return
     fi
     local run=(distill "$role" "$@" "${data_args[@]}" --output-dir "$parent" --name "$name")
-    if [ -d "$dir" ] && [ ! -f "$dir/checkpoint-last.pt" ]; then
+    if [ "$state" = unstarted ]; then
         # stopped before its first checkpoint: nothing to resume, so it starts again
         mv "$dir" "$dir.unstarted-$(date +%s)"
         echo "$name: stopped before its first checkpoint, starting again"
