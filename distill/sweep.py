@@ -377,10 +377,19 @@ def _remove_unlocked(run: Path) -> bool:
 
 
 @contextmanager
-def results_lock(sweep_dir: Path) -> Iterator[None]:
+def results_lock(sweep_dir: Path, console: Console | None = None,
+                 patience: float = 30.0) -> Iterator[None]:
     """Held (waiting for it) while results.csv and the heatmap are read and rewritten, so
-    the last process to write them writes every cell finished by then."""
-    lock = take_lock(sweep_dir / ".results.lock", wait=True)
+    the last process to write them writes every cell finished by then. A wait longer than
+    ``patience`` seconds (a peer stopped while writing, e.g. by Ctrl-Z) is said once."""
+    path, start, said = sweep_dir / ".results.lock", time.monotonic(), False
+    while (lock := take_lock(path)) is None:
+        if not said and time.monotonic() - start > patience and console is not None:
+            console.print(f"sweep: waiting for another process to finish writing "
+                          f"{sweep_dir / RESULTS} (is one stopped?)", markup=False,
+                          soft_wrap=True)
+            said = True
+        time.sleep(0.2)
     try:
         yield
     finally:
@@ -475,9 +484,9 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
         with claimed(sweep_dir, [cell], console) as mine:
             if mine:
                 _train_cell(base, common, cell, sweep_dir, f"[{i}/{len(todo)}]", console)
-                with results_lock(sweep_dir):
+                with results_lock(sweep_dir, console):
                     write_results(sweep_dir, cells)
-    with results_lock(sweep_dir):
+    with results_lock(sweep_dir, console):
         rows = write_results(sweep_dir, cells)
         plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{sweep_name}: validation accuracy")
     if len(rows) < len(cells):

@@ -674,3 +674,33 @@ def test_a_chunk_finished_by_another_process_after_this_one_listed_it_is_left_fi
         assert len(metrics.read_text().splitlines()) == int(epochs)
         assert metrics.stat().st_mtime_ns == files[metrics]  # not trained again
     assert len(read_results(sweep)) == 2
+
+
+def test_a_results_write_waiting_on_a_stopped_peer_says_so_then_goes_on(tmp_path) -> None:
+    """results.csv is rewritten under a lock; a peer that holds it for long (stopped while
+    writing) makes the wait say so once, and the write goes ahead when the peer lets go."""
+    import io
+    import threading
+    import time
+
+    from rich.console import Console
+
+    from distill.sweep import results_lock
+
+    out, done = io.StringIO(), threading.Event()
+
+    def write() -> None:
+        with results_lock(tmp_path, Console(file=out, width=200), patience=0.2):
+            done.set()
+
+    with locks_held(tmp_path / ".results.lock"):
+        writer = threading.Thread(target=write)
+        writer.start()
+        deadline = time.monotonic() + 60
+        while "waiting" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not done.is_set()
+    writer.join(60)
+    assert done.is_set()
+    assert out.getvalue() == (f"sweep: waiting for another process to finish writing "
+                              f"{tmp_path / 'results.csv'} (is one stopped?)\n")
