@@ -29,6 +29,30 @@ def _open_figures() -> list[int]:
     return plt.get_fignums()
 
 
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures the plotting functions close after saving them, to read what they show."""
+    import matplotlib.pyplot as plt
+
+    figures, real = [], plt.close
+
+    def close(fig=None):
+        figures.append(fig)
+        real(fig)
+
+    monkeypatch.setattr(plt, "close", close)
+    return figures
+
+
+def _lines(ax) -> dict[str, tuple[list[float], list[float]]]:
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+            for line in ax.lines}
+
+
+def _texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
 def test_backend_is_agg() -> None:
     assert matplotlib.get_backend().lower() == "agg"
 
@@ -37,7 +61,7 @@ def test_backend_is_agg() -> None:
 # learning curves
 
 
-def test_learning_curves_with_validation(tmp_path: Path) -> None:
+def test_learning_curves_with_validation(tmp_path: Path, drawn) -> None:
     records = [
         {"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "val_accuracy": 0.5 + 0.1 * e}
         for e in range(1, 5)
@@ -46,10 +70,32 @@ def test_learning_curves_with_validation(tmp_path: Path) -> None:
     assert out == tmp_path / "curves.png"
     _assert_png(out)
     assert _open_figures() == []
+    (fig,) = drawn
+    loss, acc = fig.axes
+    epochs = [1.0, 2.0, 3.0, 4.0]
+    assert _lines(loss) == {"train cross-entropy": (epochs, [2.0 / e for e in epochs]),
+                            "val cross-entropy": (epochs, [2.2 / e for e in epochs])}
+    (curve,) = acc.lines
+    assert list(curve.get_ydata()) == [r["val_accuracy"] for r in records]
+    assert _texts(acc) == ["best 90.00%"]  # the best epoch, marked
+    assert fig._suptitle.get_text() == "student"
+
+
+def test_a_students_curves_compare_cross_entropy_with_cross_entropy(tmp_path: Path,
+                                                                     drawn) -> None:
+    """A distilled student's train loss mixes in the soft term: the panel plots its hard
+    (cross-entropy) part beside val cross-entropy, and the soft term apart."""
+    records = [{"epoch": e, "train_loss": 5.0, "train_hard": 1.0 / e, "train_soft": 3.0 / e,
+                "val_loss": 1.5 / e, "val_accuracy": 0.8} for e in (1, 2)]
+    plot_learning_curves(records, tmp_path / "s.png")
+    (fig,) = drawn
+    assert _lines(fig.axes[0]) == {"train cross-entropy": ([1.0, 2.0], [1.0, 0.5]),
+                                   "val cross-entropy": ([1.0, 2.0], [1.5, 0.75]),
+                                   "train soft term (T² KL)": ([1.0, 2.0], [3.0, 1.5])}
 
 
 @pytest.mark.parametrize("missing", ["absent", "none"])
-def test_learning_curves_without_validation(tmp_path: Path, missing: str) -> None:
+def test_learning_curves_without_validation(tmp_path: Path, missing: str, drawn) -> None:
     if missing == "absent":
         records = [{"epoch": e, "train_loss": 1.0 / e} for e in range(1, 4)]
     else:
@@ -60,34 +106,68 @@ def test_learning_curves_without_validation(tmp_path: Path, missing: str) -> Non
     out = plot_learning_curves(records, tmp_path / "sub" / "curves.png")
     _assert_png(out)
     assert _open_figures() == []
+    loss, acc = drawn[0].axes
+    assert list(_lines(loss)) == ["train cross-entropy"]
+    assert len(acc.lines) == 0 and _texts(acc) == ["no validation split"]
 
 
-def test_learning_curves_partial_validation(tmp_path: Path) -> None:
+def test_learning_curves_partial_validation(tmp_path: Path, drawn) -> None:
     records = [
         {"epoch": 1, "train_loss": 1.0, "val_loss": None, "val_accuracy": None},
         {"epoch": 2, "train_loss": 0.8, "val_loss": 0.9, "val_accuracy": 0.7},
         {"epoch": 3, "train_loss": 0.6},
     ]
     _assert_png(plot_learning_curves(records, tmp_path / "c.png"))
+    loss, acc = drawn[0].axes
+    assert _lines(loss) == {"train cross-entropy": ([1.0, 2.0, 3.0], [1.0, 0.8, 0.6]),
+                            "val cross-entropy": ([2.0], [0.9])}  # only where recorded
+    assert [list(line.get_ydata()) for line in acc.lines] == [[0.7]]
 
 
 # --------------------------------------------------------------------------------------
 # confusion matrix
 
 
-def test_confusion_matrix_small_tensor(tmp_path: Path) -> None:
+def test_confusion_matrix_small_tensor(tmp_path: Path, drawn) -> None:
     cm = torch.tensor([[5, 1, 0], [2, 7, 1], [0, 0, 0]])  # last class has no samples
     out = plot_confusion_matrix(cm, ["cat", "dog", "bird"], tmp_path / "cm.png", title="t")
     _assert_png(out)
     assert _open_figures() == []
+    ax = drawn[0].axes[0]  # the matrix (the other axes is its colour bar)
+    shown = np.asarray(ax.images[0].get_array())
+    np.testing.assert_allclose(shown, [[5 / 6, 1 / 6, 0], [0.2, 0.7, 0.1], [0, 0, 0]])
+    assert _texts(ax) == ["5", "1", "0", "2", "7", "1", "0", "0", "0"]  # counts, row by row
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "bird"]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("predicted", "true", "t")
 
 
-def test_confusion_matrix_many_classes_numpy(tmp_path: Path) -> None:
+def test_confusion_matrix_many_classes_numpy(tmp_path: Path, drawn) -> None:
     rng = np.random.default_rng(0)
     cm = rng.integers(0, 50, size=(25, 25))
     names = [f"class_{i}" for i in range(25)]
     _assert_png(plot_confusion_matrix(cm, names, tmp_path / "cm25.png"))
     assert _open_figures() == []
+    ax = drawn[0].axes[0]
+    assert _texts(ax) == []  # 625 counts would not be readable
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()).sum(axis=1), 1.0)
+
+
+def test_the_sweep_heatmap_shows_mean_validation_accuracy_and_boxes_the_best(
+        tmp_path: Path, drawn) -> None:
+    from distill.sweep import plot_heatmap
+
+    rows = [{"T": T, "alpha": a, "seed": s, "val_accuracy": v, "test_accuracy": 0.99}
+            for T, a, s, v in [(2.0, 0.5, 0, 0.80), (2.0, 0.5, 1, 0.84), (2.0, 0.9, 0, 0.90),
+                               (4.0, 0.5, 0, 0.70), (4.0, 0.9, 0, 0.88)]]
+    _assert_png(plot_heatmap(rows, tmp_path / "heatmap.png"))
+    ax = drawn[0].axes[0]
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()),
+                               [[82.0, 90.0], [70.0, 88.0]])  # rows T, columns alpha
+    assert _texts(ax) == ["82.00", "90.00", "70.00", "88.00"]
+    (box,) = ax.patches
+    assert box.get_xy() == (0.5, -0.5)  # around T 2, alpha 0.9: best on validation
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["2", "4"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "0.9"]
 
 
 def test_confusion_matrix_rejects_wrong_names(tmp_path: Path) -> None:
