@@ -3,7 +3,10 @@
 The students of a chunk share the architecture and differ in T, alpha and seed. Their
 parameters and buffers are stacked (``torch.func.stack_module_state``: every tensor gets a
 leading student dimension S) and run with ``vmap(functional_call)``, so each step is one
-forward and one backward for all of them:
+forward and one backward for all of them. On a CPU, students over ``CPU_BATCHED_MAX_PARAMS``
+run looped instead: one after another on their slices of the same stacked tensors (conv
+weights laid out channels-last, as a student alone on a CPU), sharing the teacher forward
+and the optimizer step; vmap's gain is launch overhead, which a CPU does not have.
 
 - inputs ``x [B, C, H, W]`` are shared; student logits are ``[S, B, K]``; the teacher's
   logits ``[B, K]`` are computed once per batch (they do not depend on T or alpha);
@@ -70,27 +73,76 @@ def model_problem(model: nn.Module) -> str | None:
 
 
 class StackedStudents:
-    """S students of one architecture as stacked tensors, called with ``vmap``."""
+    """S students of one architecture as stacked tensors (leading dimension S).
 
-    def __init__(self, models: list[nn.Module]) -> None:
+    ``looped``: each step runs the students one after another on their slices of the
+    stacked tensors (on a CPU, where convolutions are bound by arithmetic and vmap's
+    batched convolution costs more than S plain ones; the teacher forward is still shared),
+    else all at once with ``vmap`` (on a GPU, whose kernels small students leave idle).
+    ``channels_last`` (looped only): each student's conv weights are laid out channels-last
+    inside the stacked tensors, as a student trained alone on a CPU has them.
+    """
+
+    def __init__(self, models: list[nn.Module], looped: bool = False,
+                 channels_last: bool = False) -> None:
         self.template = copy.deepcopy(models[0]).to("meta")
         self.params, self.buffers = stack_module_state(models)
         self.size = len(models)
+        self.looped = looped
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            for k, v in self.params.items():
+                if v.dim() == 5:  # [S, O, I, kh, kw] stored in the order S, O, kh, kw, I
+                    S, O, I, kh, kw = v.shape
+                    cl = torch.empty_strided(v.shape, (O * kh * kw * I, kh * kw * I, 1, kw * I, I),
+                                             dtype=v.dtype, device=v.device)
+                    self.params[k] = cl.copy_(v.detach()).requires_grad_(v.requires_grad)
+
+    def one(self, i: int, x: Tensor) -> Tensor:
+        """Student ``i`` alone: ``x [B, C, H, W]`` -> logits ``[B, K]``."""
+        return functional_call(self.template, ({k: v[i] for k, v in self.params.items()},
+                                               {k: v[i] for k, v in self.buffers.items()}),
+                               (x.contiguous(memory_format=self.layout),))
 
     def __call__(self, x: Tensor) -> Tensor:
         """``x [B, C, H, W]`` -> logits ``[S, B, K]``."""
+        if self.looped:
+            return torch.stack([self.one(i, x) for i in range(self.size)])
+
         def one(params, buffers, inputs):
             return functional_call(self.template, (params, buffers), (inputs,))
 
         return vmap(one, in_dims=(0, 0, None), randomness="error")(self.params, self.buffers, x)
 
+    def backward(self, x: Tensor, loss_parts, amp: bool) -> dict[str, Tensor]:
+        """Forward ``x [B, C, H, W]`` through every student (under bf16 autocast if ``amp``)
+        and back-propagate the sum of their losses. ``loss_parts(logits [s, B, K], students)``
+        gives the loss parts ``[s]`` of the students ``students`` (a slice of the S); returns
+        the parts of all S, detached. Looped, each student's graph is freed before the next
+        is built."""
+        device = x.device
+        if not self.looped:
+            with autocast(device, amp):
+                logits = self(x)
+            parts = loss_parts(logits, slice(None))
+            parts["loss"].sum().backward()
+            return {k: v.detach() for k, v in parts.items()}
+        per_student = []
+        for i in range(self.size):
+            with autocast(device, amp):
+                logits = self.one(i, x)
+            parts = loss_parts(logits.unsqueeze(0), slice(i, i + 1))
+            parts["loss"].sum().backward()
+            per_student.append({k: v.detach() for k, v in parts.items()})
+        return {k: torch.cat([p[k] for p in per_student]) for k in per_student[0]}
+
     def train(self, mode: bool = True) -> None:
         self.template.train(mode)
 
     def state_dict(self, i: int) -> dict[str, Tensor]:
-        """Student ``i``'s own state dict (CPU copies)."""
+        """Student ``i``'s own state dict (CPU copies, contiguous)."""
         merged = {**self.params, **self.buffers}
-        return {k: v[i].detach().to("cpu", copy=True) for k, v in merged.items()}
+        return {k: v[i].detach().to("cpu", copy=True).contiguous() for k, v in merged.items()}
 
 
 def per_student_loss(logits: Tensor, teacher_logits: Tensor | None, y: Tensor, T: Tensor,
@@ -141,7 +193,7 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
     alpha = torch.tensor([r.student.alpha for r in recipes], device=device)
     use_teacher = teacher is not None and bool((alpha > 0).any())
     augment = build_augment(cfg.augment)
-    amp, _ = resolve_precision(recipes[0].amp, False, device, students.template)
+    amp = resolve_precision(recipes[0].amp, False, device, students.template)[0]
     step = start_epoch * num_batches(len(data.train), cfg.batch_size)
     for epoch in range(start_epoch, cfg.epochs):
         students.train(True)
@@ -151,12 +203,12 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
         for x, y, idx in indexed_train_batches(data.train, data.info, cfg.batch_size,
                                                recipes[0].data.data_seed, epoch,
                                                augment=augment):
+            x = x.contiguous(memory_format=students.layout)  # as teacher and students are
             with autocast(device, amp):
                 t_logits = teacher.batch_logits(x, idx) if use_teacher else None
-                logits = students(x)
-            parts = per_student_loss(logits, t_logits, y, T, alpha, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            parts["loss"].sum().backward()
+            parts = students.backward(x, lambda logits, s: per_student_loss(
+                logits, t_logits, y, T[s], alpha[s], cfg.label_smoothing), amp)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -208,28 +260,28 @@ def chunk_size_for(model: nn.Module, requested: int | None, cells: int) -> int:
     return max(1, min(cells, budget // max(1, params * 6)))
 
 
-# On a CPU, students this large train faster one by one: measured on the 2-core CPU, an
-# MLP 784-800-800-10 (1.28M parameters, batch 128) took 12-15 ms per student-step alone and
-# 12-18 ms stacked (S = 1..25; the stacked weights no longer fit the caches), while the
-# digits student (2.4K parameters) trained 1.39x faster batched (benchmarks/README.md).
+# On a CPU, students this large are arithmetic-bound: stacked with vmap they trained no
+# faster than one by one (an MLP 784-800-800-10, 1.28M parameters, batch 128: 12-15 ms per
+# student-step alone, 12-18 ms stacked for S = 1..25, on the 2-core CPU), and vmap's batched
+# convolution was slower than plain ones (ResNet-20: 0.66x vs 0.73x of the reference loop).
+# They are looped instead, sharing only the teacher forward; smaller students, whose steps
+# are dominated by per-call overhead, gain from vmap (digits student, 2.4K parameters:
+# 1.39x). See benchmarks/README.md.
 CPU_BATCHED_MAX_PARAMS = 100_000
 
 
-def cpu_problem(model: nn.Module, device: torch.device) -> str | None:
-    """Why ``auto`` mode trains these students one by one on this device (None: batched)."""
+def loops_students(model: nn.Module, device: torch.device) -> bool:
+    """Whether a chunk of such students runs looped (one after another) rather than
+    vmapped on ``device``: on a CPU, for students over ``CPU_BATCHED_MAX_PARAMS``."""
     params = sum(p.numel() for p in model.parameters())
-    if device.type == "cpu" and params > CPU_BATCHED_MAX_PARAMS:
-        return (f"on a CPU students of {params:,} parameters train faster one by one "
-                f"(batching pays on GPUs and for students under {CPU_BATCHED_MAX_PARAMS:,} "
-                f"parameters; --mode batched forces it)")
-    return None
+    return device.type == "cpu" and params > CPU_BATCHED_MAX_PARAMS
 
 
 def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: Path,
                   chunk_size: int | None, console, auto: bool = False) -> list:
     """Train ``cells`` in batched chunks, each claimed first (see :func:`distill.sweep.claimed`);
-    returns the cells that must run sequentially (all of them when ``auto`` finds batching
-    slower here, see :func:`cpu_problem`)."""
+    returns the cells that must run sequentially (all of them when the students cannot be
+    batched, see :func:`model_problem`; ``auto`` is kept for the callers' sake)."""
     from distill.teacher import load_teacher
 
     if not cells:
@@ -238,9 +290,7 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
     data = load_data(base.data)
     probe = build_model(base.student.model.name, data.info.in_shape, data.info.num_classes,
                         **base.student.model.build_options())
-    resuming = any(sweep_dir.glob("chunk-*.pt"))  # an interrupted batched chunk continues
-    problem = model_problem(probe) or (cpu_problem(probe, device) if auto and not resuming
-                                       else None)
+    problem = model_problem(probe)
     if problem:
         console.print(f"sweep: sequential mode, because {problem}", markup=False,
                       soft_wrap=True)
@@ -250,7 +300,10 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
     if common.get("student.teacher"):
         teacher, source = load_teacher(common["student.teacher"], base.student.teacher_model,
                                   data.info, Path(base.output_dir))
-        teacher.to(device)
+        looped_cl = loops_students(probe, device) and resolve_precision(
+            base.amp, base.channels_last, device, teacher)[1]
+        teacher.to(device, memory_format=torch.channels_last if looped_cl
+                   else torch.preserve_format)
     teacher_eval = None
     if teacher is not None:
         from distill.api import prepare_teacher
@@ -303,8 +356,6 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     path = chunk_path(sweep_dir, names)
     saved = load_checkpoint(path) if path.is_file() else None
     recipes = [as_recipe(base, {**common, **c.overrides()}) for c in chunk]
-    console.print(f"  chunk {number}: {len(chunk)} students batched ({', '.join(names)})"
-                  + (f", resuming after epoch {saved['epoch']}" if saved else ""), markup=False)
     start = time.perf_counter()
     wall_before = carried_wall(saved)
     models = []
@@ -313,6 +364,11 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
         models.append(build_model(r.student.model.name, data.info.in_shape,
                                   data.info.num_classes,
                                   **r.student.model.build_options()).to(device))
+    looped = loops_students(models[0], device)
+    console.print(f"  chunk {number}: {len(chunk)} students batched"
+                  + (" (looped, one teacher forward per batch)" if looped else "")
+                  + f" ({', '.join(names)})"
+                  + (f", resuming after epoch {saved['epoch']}" if saved else ""), markup=False)
     if saved is None:
         runs = [start_cell(r, sweep_dir, n, str(device), teacher, source)
                 for r, n in zip(recipes, names)]
@@ -322,7 +378,8 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
         for name, run in zip(names, runs):
             if not finished(sweep_dir, name):  # a finished cell's files stay as they are
                 run.log.truncate_after(saved["epoch"])
-    students = StackedStudents(models)
+    students = StackedStudents(models, looped=looped, channels_last=looped and resolve_precision(
+        recipes[0].amp, recipes[0].channels_last, device, models[0])[1])
     optimizer = stacked_optimizer(students, models[0], recipes[0])
     scheduler = build_scheduler(optimizer, recipes[0].student.optim,
                                 num_batches(len(data.train), recipes[0].student.batch_size),
@@ -362,6 +419,7 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
         if finished(sweep_dir, names[i]):  # finished before an interruption: kept as it is
             continue
         models[i].load_state_dict(students.state_dict(i))
+        models[i].to(memory_format=students.layout)  # evaluated as the student alone would be
         finish_cell(r, run, models[i], data, best[i], wall / len(chunk), teacher_eval)
     path.unlink(missing_ok=True)
     console.print(f"  chunk done in {wall:.1f} s", markup=False)

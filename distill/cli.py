@@ -200,10 +200,10 @@ def sweep(recipe: Optional[str] = RecipeOpt,
                                               "recipe's sweep.seeds, 0]."),
           mode: Optional[str] = typer.Option(None, "--mode", help="batched (students of a "
                                              "chunk trained together, one teacher forward per "
-                                             "batch), sequential, or auto (batched where it "
-                                             "pays: on a GPU, or students under 100K "
-                                             "parameters on a CPU) [default: sweep.mode, "
-                                             "auto]."),
+                                             "batch; on a CPU students over 100K parameters "
+                                             "run looped, one after another), sequential, or "
+                                             "auto (batched unless the students cannot be) "
+                                             "[default: sweep.mode, auto]."),
           chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Students per "
                                                    "batched chunk (default: as many as fit)."),
           teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher run folder "

@@ -413,9 +413,10 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     """Train one student per (T, alpha, seed) cell from one teacher (see the module doc).
 
     The grid, ``mode`` and ``chunk_size`` default to the recipe's ``sweep`` section.
-    ``mode``: ``batched`` trains the cells of a chunk together (one teacher forward and one
-    vmapped student forward/backward per batch), ``sequential`` one after another, ``auto``
-    batched where the model allows it. Re-running with the same ``name`` continues.
+    ``mode``: ``batched`` trains the cells of a chunk together (one teacher forward per
+    batch, and one vmapped student forward/backward, or the students looped on a CPU, see
+    :mod:`distill.batched`), ``sequential`` one after another, ``auto`` batched where the
+    model allows it. Re-running with the same ``name`` continues.
     """
     from distill.api import _with_wandb, as_recipe, read_baseline, run_prefix
     from distill.batched import batching_problem, train_batched

@@ -74,11 +74,26 @@ def test_a_batched_student_equals_the_same_student_trained_alone(tmp_path, teach
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
 
 
-def test_batchnorm_students_batch_with_their_running_statistics(tmp_path, teacher) -> None:
+@pytest.mark.parametrize("looped", [False, True])
+def test_batchnorm_students_batch_with_their_running_statistics(tmp_path, teacher, looped,
+                                                               monkeypatch) -> None:
+    """Conv students with BatchNorm, vmapped, or looped over slices of the stacked tensors
+    with channels-last weights (as students over CPU_BATCHED_MAX_PARAMS on a CPU)."""
+    from contextlib import nullcontext
+
+    import distill.batched
+    from test_precision import conv_layouts
+
+    if looped:
+        monkeypatch.setattr(distill.batched, "CPU_BATCHED_MAX_PARAMS", 0)
     cnn = {"student.model.name": "cnn", "student.model.width": 4}
     out = tmp_path / "bn"
-    api.sweep(overrides={**STUDENT, **cnn, "output_dir": str(out), "student.teacher": str(teacher)},
-              Ts=[4.0], alphas=[0.5], seeds=[0, 1], mode="batched", name="bn", quiet=True)
+    with conv_layouts() if looped else nullcontext(set()) as layouts:
+        api.sweep(overrides={**STUDENT, **cnn, "output_dir": str(out),
+                             "student.teacher": str(teacher)},
+                  Ts=[4.0], alphas=[0.5], seeds=[0, 1], mode="batched", name="bn", quiet=True)
+    if looped:  # the students' convolutions ran channels-last, as a student's alone does
+        assert {layout for pair in layouts for layout in pair} - {None} == {"cl"}, layouts
     single = alone(tmp_path, teacher, 4.0, 0.5, 1, cnn)
     cell = weights(out / "bn" / "T4-a0.5-s1")
     ref = weights(single)
@@ -370,9 +385,11 @@ def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher)
         assert strip(tmp_path / "whole" / cell) == strip(tmp_path / "killed" / cell)
 
 
-def test_auto_mode_trains_large_students_one_by_one_on_a_cpu(tmp_path, teacher) -> None:
-    """190K-parameter students on a CPU: auto picks sequential (measured faster there) and
-    says why; --mode batched still batches them."""
+def test_auto_mode_loops_large_students_on_a_cpu_sharing_the_teacher(tmp_path, teacher
+                                                                      ) -> None:
+    """190K-parameter students on a CPU: auto batches them looped (one after another on
+    slices of the stacked tensors, one teacher forward per batch) and says so; each cell
+    is the student trained alone."""
     big = {**STUDENT, "student.model.hidden_sizes": [400, 400], "student.epochs": 1,
            "output_dir": str(tmp_path), "student.teacher": str(teacher), "device": "cpu"}
     result = runner.invoke(app, ["sweep", "--T", "2,4", "--alpha", "0.5", "--name", "auto",
@@ -380,14 +397,13 @@ def test_auto_mode_trains_large_students_one_by_one_on_a_cpu(tmp_path, teacher) 
                                  *[f"--set={k}={json.dumps(v)}" for k, v in big.items()],
                                  "--wandb", "disabled"])
     assert result.exit_code == 0, result.output
-    assert ("sweep: sequential mode, because on a CPU students of 190,410 parameters train "
-            "faster one by one") in " ".join(result.stderr.split())
-    assert json.loads((tmp_path / "auto" / "sweep.json").read_text())["mode"] == "sequential"
-    forced = api.sweep(overrides=big, Ts=[2.0, 4.0], alphas=[0.5], seeds=[0], mode="batched",
-                       name="forced", quiet=True)
-    assert json.loads((forced.sweep_dir / "sweep.json").read_text())["mode"] == "batched"
-    assert all(close(tmp_path / "auto" / c, forced.sweep_dir / c)
-               for c in ("T2-a0.5-s0", "T4-a0.5-s0"))
+    assert ("chunk 1: 2 students batched (looped, one teacher forward per batch) "
+            "(T2-a0.5-s0, T4-a0.5-s0)") in " ".join(result.stderr.split())
+    assert json.loads((tmp_path / "auto" / "sweep.json").read_text())["mode"] == "batched"
+    for T in (2.0, 4.0):
+        single = alone(tmp_path, teacher, T, 0.5, 0, {"student.model.hidden_sizes": [400, 400],
+                                                      "student.epochs": 1})
+        assert close(tmp_path / "auto" / f"T{T:g}-a0.5-s0", single)
 
 
 HOLD_CLAIMS = """
@@ -594,13 +610,10 @@ def test_a_chunk_file_removed_by_another_process_while_listed_is_skipped(tmp_pat
     assert sw.saved_chunks(tmp_path) == {tmp_path / "chunk-b.pt": ["chunk-b.pt"]}
 
 
-def test_a_chunk_stopped_while_finishing_its_cells_finishes_the_rest_from_its_checkpoint(
-        tmp_path, teacher) -> None:
-    """Killed after the chunk's last epoch, between two cells' final files: the re-run takes
-    the chunk whole from its checkpoint, finishes the cell left and keeps the finished one
-    as it was (before, the left cell went to a new chunk, which refused its folder)."""
+def chunk_killed_after_its_last_epoch(out: Path, teacher: Path, name: str) -> list[str]:
+    """A batched 2-student sweep ``out/name`` SIGKILLed right after its chunk saved its last
+    epoch, before any cell was finished; returns the sweep's CLI arguments."""
     import os
-    import shutil
     import signal
     import subprocess
     import sys
@@ -608,12 +621,23 @@ def test_a_chunk_stopped_while_finishing_its_cells_finishes_the_rest_from_its_ch
     from distill.checkpoint import KILL_AFTER_SAVE_ENV
 
     args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
-            "--mode", "batched", "--wandb", "disabled", "-q", "--output-dir", str(tmp_path),
-            "--name", "cut", *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
-    epochs = str(STUDENT["student.epochs"])
+            "--mode", "batched", "--wandb", "disabled", "-q", "--output-dir", str(out),
+            "--name", name, *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
     killed = subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True,
-                            text=True, env={**os.environ, KILL_AFTER_SAVE_ENV: epochs})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr  # after the last epoch's save
+                            text=True, env={**os.environ,
+                                            KILL_AFTER_SAVE_ENV: str(STUDENT["student.epochs"])})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return args
+
+
+def test_a_chunk_stopped_while_finishing_its_cells_finishes_the_rest_from_its_checkpoint(
+        tmp_path, teacher) -> None:
+    """Killed after the chunk's last epoch, between two cells' final files: the re-run takes
+    the chunk whole from its checkpoint, finishes the cell left and keeps the finished one
+    as it was (before, the left cell went to a new chunk, which refused its folder)."""
+    import shutil
+
+    args = chunk_killed_after_its_last_epoch(tmp_path, teacher, "cut")
     sweep = tmp_path / "cut"
     (chunk,) = sweep.glob("chunk-*.pt")
     kept = tmp_path / "chunk.pt"
@@ -637,21 +661,13 @@ def test_a_chunk_finished_by_another_process_after_this_one_listed_it_is_left_fi
     finishes the chunk and removes its checkpoint. The claim then finds the cells finished:
     their folders (which hold no checkpoint of their own) stay as they are and nothing is
     trained again (before, they were removed as stale and the chunk was trained afresh)."""
-    import os
-    import signal
     import subprocess
     import sys
 
     import distill.batched as batched
-    from distill.checkpoint import KILL_AFTER_SAVE_ENV
 
-    args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
-            "--mode", "batched", "--wandb", "disabled", "-q", "--output-dir", str(tmp_path),
-            "--name", "race", *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
+    args = chunk_killed_after_its_last_epoch(tmp_path, teacher, "race")
     epochs = str(STUDENT["student.epochs"])
-    killed = subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True,
-                            text=True, env={**os.environ, KILL_AFTER_SAVE_ENV: epochs})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
     sweep = tmp_path / "race"
     assert list(sweep.glob("chunk-*.pt"))
     real_claimed, files = batched.claimed, {}
