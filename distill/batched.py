@@ -47,6 +47,7 @@ from distill.models import build_model
 from distill.optim import build_optimizer, build_scheduler, weight_decay_groups
 from distill.recipe import Recipe
 from distill.sweep import Cell, claimed, finished, saved_chunks
+from distill.teacher import FrozenTeacher, load_teacher
 
 
 def batching_problem(recipe: Recipe) -> str | None:
@@ -98,9 +99,11 @@ class StackedStudents:
                                              dtype=v.dtype, device=v.device)
                     self.params[k] = cl.copy_(v.detach()).requires_grad_(v.requires_grad)
 
-    def one(self, i: int, x: Tensor) -> Tensor:
-        """Student ``i`` alone: ``x [B, C, H, W]`` -> logits ``[B, K]``."""
-        return functional_call(self.template, ({k: v[i] for k, v in self.params.items()},
+    def one(self, i: int, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        """Student ``i`` alone: ``x [B, C, H, W]`` -> logits ``[B, K]`` (``params``: its
+        slices of the stacked parameters, when the caller holds them)."""
+        params = params if params is not None else {k: v[i] for k, v in self.params.items()}
+        return functional_call(self.template, (params,
                                                {k: v[i] for k, v in self.buffers.items()}),
                                (x.contiguous(memory_format=self.layout),))
 
@@ -127,12 +130,23 @@ class StackedStudents:
             parts = loss_parts(logits, slice(None))
             parts["loss"].sum().backward()
             return {k: v.detach() for k, v in parts.items()}
+        names = list(self.params)
+        for v in self.params.values():  # every slice is written below
+            if v.grad is None:
+                v.grad = torch.empty_like(v)
         per_student = []
         for i in range(self.size):
+            mine = {k: self.params[k][i] for k in names}  # views into the stacked tensors
             with autocast(device, amp):
-                logits = self.one(i, x)
+                logits = self.one(i, x, mine)
             parts = loss_parts(logits.unsqueeze(0), slice(i, i + 1))
-            parts["loss"].sum().backward()
+            # the gradient of each view alone: a backward into the stacked tensors would
+            # build a zero-filled gradient of all S students for every student
+            grads = torch.autograd.grad(parts["loss"].sum(), [mine[k] for k in names],
+                                        allow_unused=True)
+            for k, g in zip(names, grads):
+                target = self.params[k].grad[i]
+                target.copy_(g) if g is not None else target.zero_()
             per_student.append({k: v.detach() for k, v in parts.items()})
         return {k: torch.cat([p[k] for p in per_student]) for k in per_student[0]}
 
@@ -264,9 +278,13 @@ def chunk_size_for(model: nn.Module, requested: int | None, cells: int) -> int:
 # faster than one by one (an MLP 784-800-800-10, 1.28M parameters, batch 128: 12-15 ms per
 # student-step alone, 12-18 ms stacked for S = 1..25, on the 2-core CPU), and vmap's batched
 # convolution was slower than plain ones (ResNet-20: 0.66x vs 0.73x of the reference loop).
-# They are looped instead, sharing only the teacher forward; smaller students, whose steps
-# are dominated by per-call overhead, gain from vmap (digits student, 2.4K parameters:
-# 1.39x). See benchmarks/README.md.
+# They are looped instead, and then the one gain is the teacher forward, run once per batch
+# for all (ResNet-20 students of a ResNet-56, augmented: 1.59x sequential). Where the
+# teacher's logits come from the cache there is nothing to share, and the stacked optimizer
+# state streams from memory where one student's stays in the caches: ``auto`` trains them
+# one by one (Hinton MNIST students: sequential was faster). Smaller students, whose steps
+# are dominated by per-call overhead, gain from vmap (digits, 2.4K parameters: 1.39x).
+# See benchmarks/README.md.
 CPU_BATCHED_MAX_PARAMS = 100_000
 
 
@@ -277,13 +295,32 @@ def loops_students(model: nn.Module, device: torch.device) -> bool:
     return device.type == "cpu" and params > CPU_BATCHED_MAX_PARAMS
 
 
+def nothing_shared(model: nn.Module, device: torch.device, teacher: FrozenTeacher | None,
+                   cells: list) -> str | None:
+    """Why ``auto`` trains these students one by one (None: batched): looped on this device,
+    they would share no teacher forward (no teacher, only alpha = 0, or cached logits)."""
+    if not loops_students(model, device):
+        return None
+    if teacher is not None and teacher.train_logits is None and any(c.alpha > 0 for c in cells):
+        return None
+    params = sum(p.numel() for p in model.parameters())
+    why = ("its logits come from the cache" if teacher is not None and teacher.train_logits
+           is not None else "no cell runs a teacher")
+    return (f"on a CPU students of {params:,} parameters gain from batching only by sharing "
+            f"the teacher's forward, and {why} (--mode batched forces it)")
+
+
+def _sequential(cells: list, why: str, console) -> list:
+    console.print(f"sweep: sequential mode, because {why}", markup=False, soft_wrap=True)
+    return cells
+
+
 def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: Path,
                   chunk_size: int | None, console, auto: bool = False) -> list:
     """Train ``cells`` in batched chunks, each claimed first (see :func:`distill.sweep.claimed`);
     returns the cells that must run sequentially (all of them when the students cannot be
-    batched, see :func:`model_problem`; ``auto`` is kept for the callers' sake)."""
-    from distill.teacher import load_teacher
-
+    batched, see :func:`model_problem`, or when ``auto`` finds batching would not pay, see
+    :func:`nothing_shared`)."""
     if not cells:
         return []
     device = resolve_device(base.device)
@@ -292,9 +329,7 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
                         **base.student.model.build_options())
     problem = model_problem(probe)
     if problem:
-        console.print(f"sweep: sequential mode, because {problem}", markup=False,
-                      soft_wrap=True)
-        return cells
+        return _sequential(cells, problem, console)
     data = data.to(device)
     teacher, source = None, None
     if common.get("student.teacher"):
@@ -309,6 +344,10 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
         from distill.api import prepare_teacher
 
         teacher_eval = prepare_teacher(teacher, source, data, base, console)
+    resuming = any(sweep_dir.glob("chunk-*.pt"))  # an interrupted batched chunk continues
+    problem = nothing_shared(probe, device, teacher, cells) if auto and not resuming else None
+    if problem:
+        return _sequential(cells, problem, console)
     size = chunk_size_for(probe, chunk_size, len(cells))
     by_name = {c.name: c for c in cells}
     chunks = []  # (cells, whether the chunk was interrupted and continues)

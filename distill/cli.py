@@ -202,7 +202,8 @@ def sweep(recipe: Optional[str] = RecipeOpt,
                                              "chunk trained together, one teacher forward per "
                                              "batch; on a CPU students over 100K parameters "
                                              "run looped, one after another), sequential, or "
-                                             "auto (batched unless the students cannot be) "
+                                             "auto (batched where it pays: not for such "
+                                             "students whose teacher logits are cached) "
                                              "[default: sweep.mode, auto]."),
           chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Students per "
                                                    "batched chunk (default: as many as fit)."),

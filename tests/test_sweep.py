@@ -385,24 +385,36 @@ def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher)
         assert strip(tmp_path / "whole" / cell) == strip(tmp_path / "killed" / cell)
 
 
-def test_auto_mode_loops_large_students_on_a_cpu_sharing_the_teacher(tmp_path, teacher
-                                                                      ) -> None:
-    """190K-parameter students on a CPU: auto batches them looped (one after another on
-    slices of the stacked tensors, one teacher forward per batch) and says so; each cell
-    is the student trained alone."""
+@pytest.mark.parametrize("augmented", [True, False])
+def test_auto_mode_loops_large_students_on_a_cpu_only_to_share_the_teacher(
+        tmp_path, teacher, augmented) -> None:
+    """190K-parameter students on a CPU. With augmented data the teacher runs on every batch:
+    auto batches them looped (one after another on slices of the stacked tensors, one
+    teacher forward per batch) and says so, and each cell is the student trained alone.
+    Unaugmented, the teacher's logits come from the cache, nothing is shared, and auto
+    trains them one by one and says why."""
     big = {**STUDENT, "student.model.hidden_sizes": [400, 400], "student.epochs": 1,
-           "output_dir": str(tmp_path), "student.teacher": str(teacher), "device": "cpu"}
+           "output_dir": str(tmp_path), "student.teacher": str(teacher), "device": "cpu",
+           **({"student.augment.jitter": 1} if augmented else {})}
     result = runner.invoke(app, ["sweep", "--T", "2,4", "--alpha", "0.5", "--name", "auto",
                                  "--device", "cpu",
                                  *[f"--set={k}={json.dumps(v)}" for k, v in big.items()],
                                  "--wandb", "disabled"])
     assert result.exit_code == 0, result.output
-    assert ("chunk 1: 2 students batched (looped, one teacher forward per batch) "
-            "(T2-a0.5-s0, T4-a0.5-s0)") in " ".join(result.stderr.split())
-    assert json.loads((tmp_path / "auto" / "sweep.json").read_text())["mode"] == "batched"
+    err = " ".join(result.stderr.split())
+    mode = json.loads((tmp_path / "auto" / "sweep.json").read_text())["mode"]
+    if augmented:
+        assert ("chunk 1: 2 students batched (looped, one teacher forward per batch) "
+                "(T2-a0.5-s0, T4-a0.5-s0)") in err
+        assert mode == "batched"
+    else:
+        assert ("sweep: sequential mode, because on a CPU students of 190,410 parameters gain "
+                "from batching only by sharing the teacher's forward, and its logits come "
+                "from the cache (--mode batched forces it)") in err
+        assert mode == "sequential"
     for T in (2.0, 4.0):
-        single = alone(tmp_path, teacher, T, 0.5, 0, {"student.model.hidden_sizes": [400, 400],
-                                                      "student.epochs": 1})
+        single = alone(tmp_path, teacher, T, 0.5, 0, {k: v for k, v in big.items()
+                                                      if k.startswith("student.")})
         assert close(tmp_path / "auto" / f"T{T:g}-a0.5-s0", single)
 
 
