@@ -207,8 +207,9 @@ class FileLock:
     until the process ends, however it ends (a kill too: the operating system drops it).
     A child forked meanwhile (DataLoader workers) closes its copies of held locks as the
     first thing it does, so a lock never outlives :meth:`release` in a worker (a child
-    forked microseconds before the release, not yet scheduled, could hold it that long). Where ``fcntl`` is missing
-    (Windows) nothing is locked and every :func:`take_lock` succeeds."""
+    forked microseconds before the release, not yet scheduled, could hold it that long).
+    Where ``fcntl`` is missing (Windows) nothing is locked and every :func:`take_lock`
+    succeeds."""
 
     held: set[FileLock] = set()  # this process's locks not released yet
 
