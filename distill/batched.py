@@ -376,6 +376,19 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
     return alone
 
 
+def epoch_line(records: dict[int, dict[str, Any]], epoch: int, recipes: list[Recipe]) -> str:
+    """One progress line for a chunk's finished ``epoch``: its time and the range of the
+    students' training loss and validation accuracy (``records``: student -> its record)."""
+    recs = list(records.values())
+    loss = [r["train_loss"] for r in recs]
+    line = (f"epoch {epoch}/{recipes[0].student.epochs} in {recs[0]['epoch_seconds']:.0f} s, "
+            f"train loss {min(loss):.4f}-{max(loss):.4f}")
+    acc = [r["val_accuracy"] for r in recs if r.get("val_accuracy") is not None]
+    if acc:
+        line += f", val accuracy {100 * min(acc):.2f}-{100 * max(acc):.2f}%"
+    return line
+
+
 def chunk_path(sweep_dir: Path, names: list[str]) -> Path:
     """Where a chunk's checkpoint lives (named by its cells, so a re-run finds it)."""
     return sweep_dir / f"chunk-{hashlib.sha1(','.join(names).encode()).hexdigest()[:10]}.pt"
@@ -434,14 +447,19 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
         scheduler.load_state_dict(saved["scheduler"])
         best = saved["best"]
 
+    latest: dict[int, dict[str, Any]] = {}  # this epoch's record of each student
+
     def on_epoch(i: int, record: dict[str, Any]) -> None:
         runs[i].log.append(record)
+        latest[i] = record
         acc = record.get("val_accuracy")
         if acc is not None and (not best[i] or acc > best[i]["val_accuracy"]):
             best[i] = {"epoch": record["epoch"], "val_accuracy": acc,
                        "weights": students.state_dict(i)}
 
     def on_epoch_end(epochs_done: int) -> None:
+        console.print(f"  chunk {number}: {epoch_line(latest, epochs_done, recipes)}",
+                      markup=False)
         save_atomic({"format": FORMAT_VERSION, "cells": names, "epoch": epochs_done,
                      "params": {k: v.detach().cpu() for k, v in students.params.items()},
                      "buffers": {k: v.detach().cpu() for k, v in students.buffers.items()},
