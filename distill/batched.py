@@ -43,7 +43,7 @@ from distill.checkpoint import (FORMAT_VERSION, LAST, carried_wall, load_checkpo
                                save_atomic)
 from distill.data import DataBundle, eval_batches, indexed_train_batches, load_data, num_batches
 from distill.engine import autocast, resolve_device, resolve_precision
-from distill.models import build_model
+from distill.models import build_model, count_parameters
 from distill.optim import build_optimizer, build_scheduler, weight_decay_groups
 from distill.recipe import Recipe
 from distill.sweep import Cell, claimed, finished, saved_chunks
@@ -269,7 +269,7 @@ def chunk_size_for(model: nn.Module, requested: int | None, cells: int) -> int:
     """Students per chunk: as requested, else as many as fit a memory budget."""
     if requested:
         return requested
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model)
     budget = 2 * 1024**3 // 4  # floats: ~2 GiB for weights, grads and optimizer state
     return max(1, min(cells, budget // max(1, params * 6)))
 
@@ -291,7 +291,7 @@ CPU_BATCHED_MAX_PARAMS = 100_000
 def loops_students(model: nn.Module, device: torch.device) -> bool:
     """Whether a chunk of such students runs looped (one after another) rather than
     vmapped on ``device``: on a CPU, for students over ``CPU_BATCHED_MAX_PARAMS``."""
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model)
     return device.type == "cpu" and params > CPU_BATCHED_MAX_PARAMS
 
 
@@ -303,7 +303,7 @@ def nothing_shared(model: nn.Module, device: torch.device, teacher: FrozenTeache
         return None
     if teacher is not None and teacher.train_logits is None and any(c.alpha > 0 for c in cells):
         return None
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model)
     why = ("its logits come from the cache" if teacher is not None and teacher.train_logits
            is not None else "no cell runs a teacher")
     return (f"on a CPU students of {params:,} parameters gain from batching only by sharing "
