@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,11 +197,29 @@ def predict_stacked(students: StackedStudents, data: DataBundle, split) -> Tenso
     return out.cpu()
 
 
+@dataclass
+class ChunkPosition:
+    """Where a chunk's training stands: ``epoch`` epochs done and ``batch`` batches into the
+    next one, whose running sums so far (``sums``: loss, soft, hard, each [S], summed over
+    images) cover ``seen`` images. ``batch`` 0 is an epoch boundary."""
+
+    epoch: int = 0
+    batch: int = 0
+    sums: dict[str, Tensor] | None = None
+    seen: int = 0
+
+
 def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundle,
-                teacher, recipes: list[Recipe], on_epoch, start_epoch: int = 0,
-                on_epoch_end=None) -> None:
-    """Train all students from ``start_epoch`` to the recipe's epochs; ``on_epoch(i, record)``
-    per student and epoch, then ``on_epoch_end(epochs_done)`` (the chunk's checkpoint)."""
+                teacher, recipes: list[Recipe], on_epoch, start: ChunkPosition | None = None,
+                on_epoch_end=None, on_checkpoint=None, every_steps: int | None = None) -> None:
+    """Train all students from ``start`` (default: the beginning) to the recipe's epochs.
+
+    Per epoch: ``on_epoch(i, record)`` for each student, ``on_epoch_end(epochs_done)``, then
+    ``on_checkpoint(position)``; ``on_checkpoint`` is also called every ``every_steps``
+    optimizer steps inside an epoch. A chunk resumed from any such position continues
+    exactly as if never stopped: the batches and their augmentation are a function of
+    data_seed, the epoch and the batch number.
+    """
     cfg = recipes[0].student
     device = data.train.device
     T = torch.tensor([r.student.T for r in recipes], device=device)
@@ -208,15 +227,21 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
     use_teacher = teacher is not None and bool((alpha > 0).any())
     augment = build_augment(cfg.augment)
     amp = resolve_precision(recipes[0].amp, False, device, students.template)[0]
-    step = start_epoch * num_batches(len(data.train), cfg.batch_size)
-    for epoch in range(start_epoch, cfg.epochs):
+    pos = start or ChunkPosition()
+    per_epoch = num_batches(len(data.train), cfg.batch_size)
+    step = pos.epoch * per_epoch + pos.batch
+    for epoch in range(pos.epoch, cfg.epochs):
         students.train(True)
-        start = time.perf_counter()
-        sums = {k: torch.zeros(students.size, device=device) for k in ("loss", "soft", "hard")}
-        seen = 0
-        for x, y, idx in indexed_train_batches(data.train, data.info, cfg.batch_size,
-                                               recipes[0].data.data_seed, epoch,
-                                               augment=augment):
+        start_time = time.perf_counter()
+        first = pos.batch if epoch == pos.epoch else 0
+        sums = ({k: v.to(device) for k, v in pos.sums.items()} if first and pos.sums else
+                {k: torch.zeros(students.size, device=device) for k in ("loss", "soft", "hard")})
+        seen = pos.seen if first else 0
+        seen_before = seen
+        for i, (x, y, idx) in enumerate(
+                indexed_train_batches(data.train, data.info, cfg.batch_size,
+                                      recipes[0].data.data_seed, epoch, start=first,
+                                      augment=augment), start=first):
             x = x.contiguous(memory_format=students.layout)  # as teacher and students are
             with autocast(device, amp):
                 t_logits = teacher.batch_logits(x, idx) if use_teacher else None
@@ -229,7 +254,10 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
             for k in sums:
                 sums[k] += parts[k].detach() * y.shape[0]
             seen += y.shape[0]
-        seconds = time.perf_counter() - start
+            if (on_checkpoint is not None and every_steps and step % every_steps == 0
+                    and i + 1 < per_epoch):
+                on_checkpoint(ChunkPosition(epoch, i + 1, sums, seen))
+        seconds = time.perf_counter() - start_time
         if not torch.isfinite(sums["loss"]).all():
             from distill.errors import DistillError
 
@@ -247,11 +275,14 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
             record["lr"] = optimizer.param_groups[0]["lr"]
             if val is not None:
                 record["val_loss"], record["val_accuracy"] = val[0][i], val[1][i]
-            record["epoch_seconds"] = round(seconds, 4)
-            record["images_per_second"] = round(seen * students.size / max(seconds, 1e-9), 1)
+            record["epoch_seconds"] = round(seconds, 4)  # this process's part of the epoch
+            record["images_per_second"] = round(
+                (seen - seen_before) * students.size / max(seconds, 1e-9), 1)
             on_epoch(i, record)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
+        if on_checkpoint is not None:
+            on_checkpoint(ChunkPosition(epoch + 1))
 
 
 def _val(students: StackedStudents, data: DataBundle) -> tuple[list[float], list[float]] | None:
@@ -389,6 +420,21 @@ def epoch_line(records: dict[int, dict[str, Any]], epoch: int, recipes: list[Rec
     return line
 
 
+def saved_position(saved: dict[str, Any] | None) -> ChunkPosition | None:
+    """Where a chunk checkpoint stopped (older ones hold epoch ends only)."""
+    if saved is None:
+        return None
+    return ChunkPosition(saved["epoch"], saved.get("batch_in_epoch", 0),
+                         saved.get("sums") or None, saved.get("seen", 0))
+
+
+def resume_point(saved: dict[str, Any]) -> str:
+    """``after epoch 3`` or ``in epoch 4 after batch 120`` for a chunk checkpoint."""
+    at = saved_position(saved)
+    return (f"in epoch {at.epoch + 1} after batch {at.batch}" if at.batch
+            else f"after epoch {at.epoch}")
+
+
 def chunk_path(sweep_dir: Path, names: list[str]) -> Path:
     """Where a chunk's checkpoint lives (named by its cells, so a re-run finds it)."""
     return sweep_dir / f"chunk-{hashlib.sha1(','.join(names).encode()).hexdigest()[:10]}.pt"
@@ -420,7 +466,7 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     console.print(f"  chunk {number}: {len(chunk)} students batched"
                   + (" (looped, one teacher forward per batch)" if looped else "")
                   + f" ({', '.join(names)})"
-                  + (f", resuming after epoch {saved['epoch']}" if saved else ""), markup=False)
+                  + (f", resuming {resume_point(saved)}" if saved else ""), markup=False)
     if saved is None:
         runs = [start_cell(r, sweep_dir, n, str(device), teacher, source)
                 for r, n in zip(recipes, names)]
@@ -460,7 +506,11 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     def on_epoch_end(epochs_done: int) -> None:
         console.print(f"  chunk {number}: {epoch_line(latest, epochs_done, recipes)}",
                       markup=False)
-        save_atomic({"format": FORMAT_VERSION, "cells": names, "epoch": epochs_done,
+
+    def on_checkpoint(at: ChunkPosition) -> None:
+        save_atomic({"format": FORMAT_VERSION, "cells": names, "epoch": at.epoch,
+                     "batch_in_epoch": at.batch, "seen": at.seen,
+                     "sums": {k: v.detach().cpu() for k, v in (at.sums or {}).items()},
                      "params": {k: v.detach().cpu() for k, v in students.params.items()},
                      "buffers": {k: v.detach().cpu() for k, v in students.buffers.items()},
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -468,7 +518,8 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
                     path)
 
     fit_stacked(students, optimizer, scheduler, data, teacher, recipes, on_epoch,
-                start_epoch=saved["epoch"] if saved else 0, on_epoch_end=on_epoch_end)
+                start=saved_position(saved), on_epoch_end=on_epoch_end,
+                on_checkpoint=on_checkpoint, every_steps=recipes[0].checkpoint.every_steps)
     wall = wall_before + time.perf_counter() - start  # a resumed chunk counts its earlier time
     if teacher is not None and teacher_eval is None:
         teacher_eval = evaluate_teacher(teacher, data)

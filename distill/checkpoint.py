@@ -268,11 +268,12 @@ def lock_run(run_dir: Path) -> FileLock:
     return lock
 
 
-_IGNORED_CHANGES = ("wandb.", "output_dir", "device")
+_IGNORED_CHANGES = ("wandb.", "output_dir", "device", "checkpoint.")
 
 
 def recipe_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every leaf that differs (tracking and placement ignored)."""
+    """``key: old -> new`` for every leaf that differs (tracking, placement and checkpointing
+    ignored: they change no result)."""
     changes = []
     for key in sorted(set(old) | set(new)):
         dotted = f"{prefix}{key}"

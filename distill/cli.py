@@ -220,7 +220,7 @@ def sweep(recipe: Optional[str] = RecipeOpt,
           name: Optional[str] = typer.Option(None, "--name", help="Sweep folder name; the "
                                              "same name again continues that sweep."),
           output_dir: Optional[str] = OutputOpt, wandb: Optional[str] = WandbOpt,
-          set_: Optional[list[str]] = SetOpt,
+          set_: Optional[list[str]] = SetOpt, checkpoint_every: Optional[int] = CkptOpt,
           resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this sweep "
                                                 "folder (same as --name with its name): "
                                                 "finished cells are kept, interrupted ones "
@@ -247,7 +247,8 @@ def sweep(recipe: Optional[str] = RecipeOpt,
         seed_list = seed_list if seed_list is not None else info.get("seeds")
     overrides = _overrides("student", set_, teacher=teacher, baseline=baseline,
                            dataset=dataset, data_dir=data_dir, epochs=epochs, device=device,
-                           output_dir=output_dir, wandb=wandb)
+                           output_dir=output_dir, wandb=wandb,
+                           checkpoint_every=checkpoint_every)
     if wandb_sweep is not None:
         from distill.recipe import load_recipe
 

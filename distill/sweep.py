@@ -282,17 +282,34 @@ def grid_size(info: dict[str, Any]) -> int:
     return len(info.get("Ts", [])) * len(info.get("alphas", [])) * len(info.get("seeds", []))
 
 
-def check_same_sweep(sweep_dir: Path, info: dict[str, Any]) -> None:
-    """A sweep folder continues only the same recipe and teacher (its cells stay comparable)."""
+def check_same_sweep(sweep_dir: Path, info: dict[str, Any], recipe: Recipe) -> None:
+    """A sweep folder continues only the same recipe and teacher (its cells stay comparable).
+
+    The recipe is compared with the one the sweep folder keeps, leaf by leaf, as a resumed
+    run's is: tracking, placement and checkpointing may change (``--wandb offline``, another
+    device, ``--checkpoint-every``), anything that changes a student may not.
+    """
     path = sweep_dir / SWEEP_FILE
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    for key in ("recipe_fingerprint", "teacher"):
-        if old.get(key) != info[key]:
-            raise DistillError(f"{sweep_dir}: this sweep was started with another "
-                               f"{'recipe' if key == 'recipe_fingerprint' else 'teacher'} "
-                               f"({old.get(key)}); use another --name for a new sweep")
+    if old.get("teacher") != info["teacher"]:
+        raise DistillError(f"{sweep_dir}: this sweep was started with another teacher "
+                           f"({old.get('teacher')}); use another --name for a new sweep")
+    saved = sweep_dir / "recipe.yaml"
+    if saved.is_file():
+        from distill.checkpoint import recipe_changes
+        from distill.recipe import load_recipe
+
+        changes = recipe_changes(load_recipe(saved).model_dump(mode="json", exclude={"sweep"}),
+                                 recipe.model_dump(mode="json", exclude={"sweep"}))
+        if changes:
+            raise DistillError(f"{sweep_dir}: this sweep was started with another recipe "
+                               f"({'; '.join(changes)}); use another --name for a new sweep")
+    elif old.get("recipe_fingerprint") != info["recipe_fingerprint"]:
+        raise DistillError(f"{sweep_dir}: this sweep was started with another recipe "
+                           f"(fingerprint {old.get('recipe_fingerprint')}); use another --name "
+                           f"for a new sweep")
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -454,7 +471,7 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     if base.student.baseline:
         info["baseline_test_accuracy"] = read_baseline(base.student.baseline)["test"]["accuracy"]
     info["teacher_test_accuracy"] = teacher_acc
-    check_same_sweep(sweep_dir, info)
+    check_same_sweep(sweep_dir, info, base)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json(sweep_dir / SWEEP_FILE, info)
     dump_recipe(base, sweep_dir / "recipe.yaml")

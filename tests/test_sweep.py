@@ -207,6 +207,18 @@ def test_sweep_resume_flag_continues_the_folder(tmp_path, teacher) -> None:
     bad = runner.invoke(app, ["sweep", "--resume", str(tmp_path)])
     assert bad.exit_code == 2
     assert bad.stderr.strip() == f"error: --resume {tmp_path}: not a sweep folder (no sweep.json)"
+    # checkpointing and placement change no student: the sweep continues with them
+    moved = runner.invoke(app, ["sweep", "--resume", str(tmp_path / "s"), "-q", "--device",
+                                "cpu", "--checkpoint-every", "5"])
+    assert moved.exit_code == 0, moved.output
+    # a setting that changes the students is refused, and named
+    other = runner.invoke(app, ["sweep", "--resume", str(tmp_path / "s"), "--epochs", "2",
+                                "--set", "student.optim.lr=0.01"])
+    assert other.exit_code == 2
+    assert " ".join(other.stderr.split()) == (
+        f"error: {tmp_path / 's'}: this sweep was started with another recipe "
+        f"(student.epochs: 1 -> 2; student.optim.lr: 0.001 -> 0.01); use another --name for "
+        f"a new sweep")
 
 
 def agent_command(config: dict, values: dict) -> list[str]:
@@ -344,9 +356,12 @@ def test_the_sweep_table_goes_to_wandb(tmp_path, teacher, monkeypatch) -> None:
     assert [row[5] for row in content["data"]] == [r["test_accuracy"] for r in result.rows]
 
 
-def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher) -> None:
-    """SIGKILL right after the chunk's first epoch checkpoint; the re-run resumes the chunk
-    and ends with the same weights and metrics as a sweep never stopped."""
+@pytest.mark.parametrize("every", [None, 8])
+def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher, every) -> None:
+    """SIGKILL right after the chunk's first checkpoint: at the end of epoch 1, or with
+    --checkpoint-every 8 after batch 8 of epoch 1's 21; the re-run resumes the chunk there
+    and ends with the same weights and metrics (epoch 1's loss included) as a sweep never
+    stopped and never checkpointed inside an epoch."""
     import os
     import signal
     import subprocess
@@ -355,25 +370,33 @@ def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher)
     from distill.checkpoint import KILL_AFTER_SAVE_ENV, load_checkpoint, save_atomic
 
     args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
-            "--mode", "batched", "--wandb", "disabled", "-q"]
+            "--mode", "batched", "--wandb", "disabled"]
     sets = [f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]
-    whole = runner.invoke(app, [*args, *sets, "--output-dir", str(tmp_path), "--name", "whole"])
+    every_args = ["--checkpoint-every", str(every)] if every else []
+    whole = runner.invoke(app, [*args, "-q", *sets, "--output-dir", str(tmp_path),
+                                "--name", "whole"])
     assert whole.exit_code == 0, whole.output
-    killed = subprocess.run([sys.executable, "-m", "distill", *args, *sets, "--output-dir",
-                             str(tmp_path), "--name", "killed"], capture_output=True, text=True,
+    killed = subprocess.run([sys.executable, "-m", "distill", *args, "-q", *sets, *every_args,
+                             "--output-dir", str(tmp_path), "--name", "killed"],
+                            capture_output=True, text=True,
                             env={**os.environ, KILL_AFTER_SAVE_ENV: "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     (chunk,) = (tmp_path / "killed").glob("chunk-*.pt")
     saved = load_checkpoint(chunk)
+    assert (saved["epoch"], saved["batch_in_epoch"]) == ((0, 8) if every else (1, 0))
     assert 0 < saved["wall_seconds"] < 600  # the killed segment's time, carried on
     save_atomic({**saved, "wall_seconds": 1000.0}, chunk)  # unmistakable in the sum
-    logged = (tmp_path / "killed" / "T2-a0.5-s0" / "metrics.jsonl").read_text()
-    assert len(logged.splitlines()) == 1  # epoch 1 was logged before the kill
+    log = tmp_path / "killed" / "T2-a0.5-s0" / "metrics.jsonl"
+    logged = log.read_text() if log.is_file() else ""
+    assert len(logged.splitlines()) == (0 if every else 1)  # epoch 1 logged before the kill?
     again = runner.invoke(app, [*args, *sets, "--output-dir", str(tmp_path), "--name", "killed"])
     assert again.exit_code == 0, again.output
-    # resumed, not retrained: epoch 1's record (timing fields included) is the one from before
+    assert ("resuming in epoch 1 after batch 8" if every else "resuming after epoch 1"
+            ) in " ".join(again.output.split())
     after = (tmp_path / "killed" / "T2-a0.5-s0" / "metrics.jsonl").read_text().splitlines()
-    assert after[0] == logged.splitlines()[0] and len(after) == 3
+    assert len(after) == 3
+    if not every:  # resumed, not retrained: epoch 1's record (timing fields too) is as before
+        assert after[0] == logged.splitlines()[0]
     assert not list((tmp_path / "killed").glob("chunk-*.pt"))
     for cell in ("T2-a0.5-s0", "T4-a0.5-s0"):  # the chunk's wall, shared by its 2 students
         assert 500.0 < json.loads((tmp_path / "killed" / cell / "summary.json").read_text()
