@@ -118,7 +118,8 @@ def run_prefix(recipe: Recipe, role: str) -> str:
     return f"{'teach' if role == 'teacher' else 'student'}-{dataset}"
 
 
-def _progress(console: Console, quiet: bool) -> Progress:
+def progress_bar(console: Console, quiet: bool) -> Progress:
+    """The training progress bar (batches of the epoch, loss, speed); off unless a terminal."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}"),
                     TextColumn("{task.fields[speed]:,.0f} img/s"), TimeElapsedColumn(),
@@ -219,7 +220,7 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
                           recipe.checkpoint.every_epoch, carried_wall(checkpoint)) if main
              else lambda where: None)
     try:
-        with _progress(console, quiet or not main) as progress:
+        with progress_bar(console, quiet or not main) as progress:
             def on_epoch(record: dict[str, Any]) -> None:
                 if log is None:
                     return

@@ -43,7 +43,7 @@ from distill.augment import build_augment
 from distill.checkpoint import (FORMAT_VERSION, LAST, carried_wall, load_checkpoint,
                                save_atomic)
 from distill.data import DataBundle, eval_batches, indexed_train_batches, load_data, num_batches
-from distill.engine import autocast, resolve_device, resolve_precision
+from distill.engine import LOG_EVERY, autocast, resolve_device, resolve_precision
 from distill.models import build_model, count_parameters
 from distill.optim import build_optimizer, build_scheduler, weight_decay_groups
 from distill.recipe import Recipe
@@ -211,14 +211,16 @@ class ChunkPosition:
 
 def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundle,
                 teacher, recipes: list[Recipe], on_epoch, start: ChunkPosition | None = None,
-                on_epoch_end=None, on_checkpoint=None, every_steps: int | None = None) -> None:
+                on_epoch_end=None, on_checkpoint=None, every_steps: int | None = None,
+                progress=None) -> None:
     """Train all students from ``start`` (default: the beginning) to the recipe's epochs.
 
     Per epoch: ``on_epoch(i, record)`` for each student, ``on_epoch_end(epochs_done)``, then
     ``on_checkpoint(position)``; ``on_checkpoint`` is also called every ``every_steps``
     optimizer steps inside an epoch. A chunk resumed from any such position continues
     exactly as if never stopped: the batches and their augmentation are a function of
-    data_seed, the epoch and the batch number.
+    data_seed, the epoch and the batch number. ``progress`` (a rich Progress) shows the
+    epoch's batches, the students' mean loss and student-images per second.
     """
     cfg = recipes[0].student
     device = data.train.device
@@ -230,6 +232,8 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
     pos = start or ChunkPosition()
     per_epoch = num_batches(len(data.train), cfg.batch_size)
     step = pos.epoch * per_epoch + pos.batch
+    task = (progress.add_task("train", total=per_epoch, loss=float("nan"), speed=0.0)
+            if progress is not None else None)
     for epoch in range(pos.epoch, cfg.epochs):
         students.train(True)
         start_time = time.perf_counter()
@@ -238,6 +242,9 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
                 {k: torch.zeros(students.size, device=device) for k in ("loss", "soft", "hard")})
         seen = pos.seen if first else 0
         seen_before = seen
+        if progress is not None:
+            progress.reset(task, total=per_epoch, completed=first,
+                           description=f"epoch {epoch + 1}/{cfg.epochs}")
         for i, (x, y, idx) in enumerate(
                 indexed_train_batches(data.train, data.info, cfg.batch_size,
                                       recipes[0].data.data_seed, epoch, start=first,
@@ -254,6 +261,12 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
             for k in sums:
                 sums[k] += parts[k].detach() * y.shape[0]
             seen += y.shape[0]
+            if progress is not None:
+                if (i + 1) % LOG_EVERY == 0 or i + 1 == per_epoch:
+                    speed = ((seen - seen_before) * students.size
+                             / max(time.perf_counter() - start_time, 1e-9))
+                    progress.update(task, loss=parts["loss"].mean().item(), speed=speed)
+                progress.update(task, completed=i + 1)
             if (on_checkpoint is not None and every_steps and step % every_steps == 0
                     and i + 1 < per_epoch):
                 on_checkpoint(ChunkPosition(epoch, i + 1, sums, seen))
@@ -445,8 +458,8 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
                  teacher_eval=None) -> None:
     """Train one chunk batched, checkpointing it at each epoch end; resume it if it was
     interrupted. The chunk checkpoint is removed once every cell is finished."""
-    from distill.api import (CellRun, as_recipe, evaluate_teacher, finish_cell, seed_everything,
-                             start_cell)
+    from distill.api import (CellRun, as_recipe, evaluate_teacher, finish_cell, progress_bar,
+                             seed_everything, start_cell)
     from distill.tracking import MetricsLog
 
     device = data.train.device
@@ -517,9 +530,11 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
                      "best": best, "wall_seconds": wall_before + time.perf_counter() - start},
                     path)
 
-    fit_stacked(students, optimizer, scheduler, data, teacher, recipes, on_epoch,
-                start=saved_position(saved), on_epoch_end=on_epoch_end,
-                on_checkpoint=on_checkpoint, every_steps=recipes[0].checkpoint.every_steps)
+    with progress_bar(console, console.quiet) as progress:
+        fit_stacked(students, optimizer, scheduler, data, teacher, recipes, on_epoch,
+                    start=saved_position(saved), on_epoch_end=on_epoch_end,
+                    on_checkpoint=on_checkpoint, every_steps=recipes[0].checkpoint.every_steps,
+                    progress=progress if progress.live.is_started else None)
     wall = wall_before + time.perf_counter() - start  # a resumed chunk counts its earlier time
     if teacher is not None and teacher_eval is None:
         teacher_eval = evaluate_teacher(teacher, data)

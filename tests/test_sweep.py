@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -522,6 +523,26 @@ def test_a_cell_claimed_by_another_process_is_left_to_it(tmp_path, teacher, mode
     assert [r["run"] for r in read_results(sweep)] == ["T4-a0-s0", "T4-a0.5-s0", "T4-a0.9-s0"]
     assert len((started / "metrics.jsonl").read_text().splitlines()) == STUDENT["student.epochs"]
     assert close(started, alone(tmp_path, teacher, 4.0, 0.9, 0))
+
+
+def test_a_batched_chunk_shows_a_progress_bar_on_a_terminal(tmp_path, teacher, monkeypatch
+                                                            ) -> None:
+    """On a terminal a chunk's epoch shows a bar (batches of 21, mean loss, student-images/s),
+    as a single run's does; in a log file (no terminal) only the per-epoch lines appear."""
+    args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
+            "--mode", "batched", "--wandb", "disabled", "--output-dir", str(tmp_path),
+            *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
+    plain = runner.invoke(app, [*args, "--name", "plain"])
+    assert plain.exit_code == 0, plain.output
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: the stream counts as a terminal
+    monkeypatch.setenv("COLUMNS", "160")
+    shown = runner.invoke(app, [*args, "--name", "shown"])
+    assert shown.exit_code == 0, shown.output
+    for out, bar in ((plain.stderr, False), (shown.stderr, True)):
+        out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)  # colours and cursor moves
+        assert "chunk 1: epoch 3/3 in " in out
+        assert (re.search(r"epoch [123]/3 .*\d+/21 .*loss \d+\.\d{4} .*img/s", out) is not None
+                ) == bar
 
 
 def test_an_interrupted_chunk_continues_whole_or_not_at_all(tmp_path, teacher) -> None:
