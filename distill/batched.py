@@ -479,7 +479,8 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     console.print(f"  chunk {number}: {len(chunk)} students batched"
                   + (" (looped, one teacher forward per batch)" if looped else "")
                   + f" ({', '.join(names)})"
-                  + (f", resuming {resume_point(saved)}" if saved else ""), markup=False)
+                  + (f", resuming {resume_point(saved)}" if saved else ""),
+                  markup=False, soft_wrap=True)
     if saved is None:
         runs = [start_cell(r, sweep_dir, n, str(device), teacher, source)
                 for r, n in zip(recipes, names)]
@@ -518,7 +519,7 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
 
     def on_epoch_end(epochs_done: int) -> None:
         console.print(f"  chunk {number}: {epoch_line(latest, epochs_done, recipes)}",
-                      markup=False)
+                      markup=False, soft_wrap=True)
 
     def on_checkpoint(at: ChunkPosition) -> None:
         save_atomic({"format": FORMAT_VERSION, "cells": names, "epoch": at.epoch,
@@ -545,4 +546,4 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
         models[i].to(memory_format=students.layout)  # evaluated as the student alone would be
         finish_cell(r, run, models[i], data, best[i], wall / len(chunk), teacher_eval)
     path.unlink(missing_ok=True)
-    console.print(f"  chunk done in {wall:.1f} s", markup=False)
+    console.print(f"  chunk done in {wall:.1f} s", markup=False, soft_wrap=True)

@@ -354,7 +354,7 @@ def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
             lock = take_lock(sweep_dir / f".claim-{cell.name}")
             if lock is None:
                 console.print(f"  {cell.name}: another process is training it; left to it",
-                              markup=False)
+                              markup=False, soft_wrap=True)
                 if chunk:  # give back what was taken, at once
                     for taken in locks:
                         taken.release()
@@ -371,7 +371,7 @@ def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
                     and not (run / LAST).is_file() and cell.name not in chunked
                     and not _remove_unlocked(run)):
                 console.print(f"  {cell.name}: a process outside this sweep trains in its "
-                              "folder; left to it", markup=False)
+                              "folder; left to it", markup=False, soft_wrap=True)
                 mine = [] if chunk else [c for c in mine if c is not cell]
         yield mine
     finally:
@@ -485,7 +485,7 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
     todo = []
     for cell in cells:
         if finished(sweep_dir, cell.name):
-            console.print(f"  {cell.name}: finished, kept", markup=False)
+            console.print(f"  {cell.name}: finished, kept", markup=False, soft_wrap=True)
         else:
             todo.append(cell)
     if chosen == "batched":  # cells interrupted with a checkpoint resume one by one
@@ -531,7 +531,7 @@ def _train_cell(base: Recipe, common: dict[str, Any], cell: Cell, sweep_dir: Pat
     row = cell_result(run)
     console.print(f"  {counter} {cell.name}: val {100 * (row['val_accuracy'] or 0):.2f}%  "
                   f"test {100 * row['test_accuracy']:.2f}%  "
-                  f"({time.perf_counter() - start:.1f} s)", markup=False)
+                  f"({time.perf_counter() - start:.1f} s)", markup=False, soft_wrap=True)
 
 
 def _sweep_teacher(recipe: Recipe, needed: bool) -> tuple[str | None, float | None]:
