@@ -269,15 +269,10 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
                 progress.update(task, completed=i + 1)
             if (on_checkpoint is not None and every_steps and step % every_steps == 0
                     and i + 1 < per_epoch):
+                check_finite(sums, epoch, recipes)  # a checkpoint never holds a diverged chunk
                 on_checkpoint(ChunkPosition(epoch, i + 1, sums, seen))
         seconds = time.perf_counter() - start_time
-        if not torch.isfinite(sums["loss"]).all():
-            from distill.errors import DistillError
-
-            bad = [recipes[i].seed for i in range(students.size)
-                   if not torch.isfinite(sums["loss"][i])]
-            raise DistillError(f"non-finite loss in epoch {epoch + 1} for the student(s) with "
-                               f"seed {bad}; lower the learning rate (optim.lr)")
+        check_finite(sums, epoch, recipes)
         val = _val(students, data)
         for i in range(students.size):
             record = {"epoch": epoch + 1, "step": step,
@@ -296,6 +291,20 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
             on_epoch_end(epoch + 1)
         if on_checkpoint is not None:
             on_checkpoint(ChunkPosition(epoch + 1))
+
+
+def check_finite(sums: dict[str, Tensor], epoch: int, recipes: list[Recipe]) -> None:
+    """Stop a chunk whose students' running loss (``sums["loss"]`` [S]) is not finite: the
+    students with a non-finite loss are named by seed, T and alpha."""
+    finite = torch.isfinite(sums["loss"])
+    if bool(finite.all()):
+        return
+    from distill.errors import DistillError
+
+    bad = [f"seed {r.seed}, T {r.student.T:g}, alpha {r.student.alpha:g}"
+           for r, ok in zip(recipes, finite.tolist()) if not ok]
+    raise DistillError(f"non-finite loss in epoch {epoch + 1} for the student(s) with "
+                       f"{'; '.join(bad)}; lower the learning rate (optim.lr)")
 
 
 def _val(students: StackedStudents, data: DataBundle) -> tuple[list[float], list[float]] | None:
@@ -456,8 +465,9 @@ def chunk_path(sweep_dir: Path, names: list[str]) -> Path:
 def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
                  sweep_dir: Path, data: DataBundle, teacher, source, console,
                  teacher_eval=None) -> None:
-    """Train one chunk batched, checkpointing it at each epoch end; resume it if it was
-    interrupted. The chunk checkpoint is removed once every cell is finished."""
+    """Train one chunk batched, checkpointing it at each epoch end (and every
+    ``checkpoint.every_steps`` steps); resume it where it was interrupted. The chunk
+    checkpoint is removed once every cell is finished."""
     from distill.api import (CellRun, as_recipe, evaluate_teacher, finish_cell, progress_bar,
                              seed_everything, start_cell)
     from distill.tracking import MetricsLog

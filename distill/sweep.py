@@ -271,7 +271,9 @@ def write_wandb_sweep(path: Path, config: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- running
 
 def sweep_info(recipe: Recipe, cells: list[Cell], teacher: str, mode: str) -> dict[str, Any]:
-    return {"teacher": teacher, "mode": mode,
+    from distill.engine import resolve_device
+
+    return {"teacher": teacher, "mode": mode, "device_type": resolve_device(recipe.device).type,
             "recipe_fingerprint": recipe.fingerprint(exclude={"sweep"}),
             "Ts": sorted({c.T for c in cells}), "alphas": sorted({c.alpha for c in cells}),
             "seeds": sorted({c.seed for c in cells}), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -286,8 +288,9 @@ def check_same_sweep(sweep_dir: Path, info: dict[str, Any], recipe: Recipe) -> N
     """A sweep folder continues only the same recipe and teacher (its cells stay comparable).
 
     The recipe is compared with the one the sweep folder keeps, leaf by leaf, as a resumed
-    run's is: tracking, placement and checkpointing may change (``--wandb offline``, another
-    device, ``--checkpoint-every``), anything that changes a student may not.
+    run's is: tracking, checkpointing and the device's name may change (``--wandb offline``,
+    ``--checkpoint-every``, ``cuda:1``), anything that changes a student may not. The kind of
+    device may not either: precision (bf16 on a GPU by default), layout and batching follow it.
     """
     path = sweep_dir / SWEEP_FILE
     if not path.is_file():
@@ -296,6 +299,11 @@ def check_same_sweep(sweep_dir: Path, info: dict[str, Any], recipe: Recipe) -> N
     if old.get("teacher") != info["teacher"]:
         raise DistillError(f"{sweep_dir}: this sweep was started with another teacher "
                            f"({old.get('teacher')}); use another --name for a new sweep")
+    if old.get("device_type", info["device_type"]) != info["device_type"]:
+        raise DistillError(f"{sweep_dir}: this sweep was started on {old['device_type']}, "
+                           f"which sets its students' precision and layout; continue it on "
+                           f"{old['device_type']} (not {info['device_type']}), or use another "
+                           f"--name for a new sweep")
     saved = sweep_dir / "recipe.yaml"
     if saved.is_file():
         from distill.checkpoint import recipe_changes

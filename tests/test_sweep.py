@@ -208,10 +208,22 @@ def test_sweep_resume_flag_continues_the_folder(tmp_path, teacher) -> None:
     bad = runner.invoke(app, ["sweep", "--resume", str(tmp_path)])
     assert bad.exit_code == 2
     assert bad.stderr.strip() == f"error: --resume {tmp_path}: not a sweep folder (no sweep.json)"
-    # checkpointing and placement change no student: the sweep continues with them
+    # checkpointing and the device's name change no student: the sweep continues with them
     moved = runner.invoke(app, ["sweep", "--resume", str(tmp_path / "s"), "-q", "--device",
                                 "cpu", "--checkpoint-every", "5"])
     assert moved.exit_code == 0, moved.output
+    # another kind of device would train the rest in another precision: refused
+    info = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert info["device_type"] == "cpu"
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps({**info, "device_type": "cuda"}))
+    elsewhere = runner.invoke(app, ["sweep", "--resume", str(tmp_path / "s"), "--device",
+                                    "cpu"])
+    assert elsewhere.exit_code == 2
+    assert " ".join(elsewhere.stderr.split()) == (
+        f"error: {tmp_path / 's'}: this sweep was started on cuda, which sets its students' "
+        f"precision and layout; continue it on cuda (not cpu), or use another --name for a "
+        f"new sweep")
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps(info))
     # a setting that changes the students is refused, and named
     other = runner.invoke(app, ["sweep", "--resume", str(tmp_path / "s"), "--epochs", "2",
                                 "--set", "student.optim.lr=0.01"])
@@ -332,7 +344,7 @@ def test_a_sweep_killed_in_its_second_chunk_reruns_only_the_missing_cells(tmp_pa
 
 def test_the_sweep_table_goes_to_wandb(tmp_path, teacher, monkeypatch) -> None:
     """In offline mode the sweep's own wandb run holds the results table, row for row."""
-    from test_tracking import _key, read_wandb_records
+    from test_tracking import _key, finished_wandb_records
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -341,7 +353,7 @@ def test_the_sweep_table_goes_to_wandb(tmp_path, teacher, monkeypatch) -> None:
                        Ts=[2.0, 4.0], alphas=[0.5], seeds=[0], name="w", quiet=True,
                        wandb="offline")
     (run_file,) = (tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb")
-    records = read_wandb_records(run_file)
+    records = finished_wandb_records(run_file)
     run = next(r for r in records if r.WhichOneof("record_type") == "run").run
     assert run.job_type == "sweep" and run.run_group == "w"
     logged = {_key(i): json.loads(i.value_json) for r in records
@@ -360,9 +372,10 @@ def test_the_sweep_table_goes_to_wandb(tmp_path, teacher, monkeypatch) -> None:
 @pytest.mark.parametrize("every", [None, 8])
 def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher, every) -> None:
     """SIGKILL right after the chunk's first checkpoint: at the end of epoch 1, or with
-    --checkpoint-every 8 after batch 8 of epoch 1's 21; the re-run resumes the chunk there
-    and ends with the same weights and metrics (epoch 1's loss included) as a sweep never
-    stopped and never checkpointed inside an epoch."""
+    --checkpoint-every 8 after batch 8 of epoch 1's 21 (then, resumed with
+    --checkpoint-every 5, killed again after batch 10); the last re-run resumes the chunk
+    there and ends with the same weights and metrics (epoch 1's loss included) as a sweep
+    never stopped and never checkpointed inside an epoch."""
     import os
     import signal
     import subprocess
@@ -390,10 +403,21 @@ def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher,
     log = tmp_path / "killed" / "T2-a0.5-s0" / "metrics.jsonl"
     logged = log.read_text() if log.is_file() else ""
     assert len(logged.splitlines()) == (0 if every else 1)  # epoch 1 logged before the kill?
+    resumed_at = "resuming in epoch 1 after batch 8" if every else "resuming after epoch 1"
+    if every:  # resumed mid-epoch, it checkpoints inside the epoch again (step 10, every 5;
+        # not a Lookahead sync step, la_k 4) and is killed there a second time
+        twice = subprocess.run([sys.executable, "-m", "distill", *args, *sets,
+                                "--checkpoint-every", "5", "--output-dir", str(tmp_path),
+                                "--name", "killed"], capture_output=True, text=True,
+                               env={**os.environ, KILL_AFTER_SAVE_ENV: "1"})
+        assert twice.returncode == -signal.SIGKILL, twice.stderr
+        assert resumed_at in " ".join(twice.stderr.split())
+        saved = load_checkpoint(chunk)
+        assert (saved["epoch"], saved["batch_in_epoch"], saved["seen"]) == (0, 10, 640)
+        resumed_at = "resuming in epoch 1 after batch 10"
     again = runner.invoke(app, [*args, *sets, "--output-dir", str(tmp_path), "--name", "killed"])
     assert again.exit_code == 0, again.output
-    assert ("resuming in epoch 1 after batch 8" if every else "resuming after epoch 1"
-            ) in " ".join(again.output.split())
+    assert resumed_at in " ".join(again.output.split())
     after = (tmp_path / "killed" / "T2-a0.5-s0" / "metrics.jsonl").read_text().splitlines()
     assert len(after) == 3
     if not every:  # resumed, not retrained: epoch 1's record (timing fields too) is as before
@@ -407,6 +431,23 @@ def test_a_killed_batched_chunk_continues_from_its_checkpoint(tmp_path, teacher,
                               if k not in ("epoch_seconds", "images_per_second")}
                              for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert strip(tmp_path / "whole" / cell) == strip(tmp_path / "killed" / cell)
+
+
+def test_a_diverging_chunk_stops_before_its_checkpoint_and_names_its_students(tmp_path,
+                                                                            teacher) -> None:
+    """lr 1e12: the students' loss is not finite by step 3, where --checkpoint-every 3 would
+    save; the chunk stops with the students named (they share the seed) and writes no
+    checkpoint: a re-run never resumes diverged students."""
+    result = runner.invoke(app, [
+        "sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
+        "--mode", "batched", "--wandb", "disabled", "--output-dir", str(tmp_path), "--name",
+        "nan", "--epochs", "1", "--checkpoint-every", "3", "--set", "student.optim.name=sgd",
+        "--set", "student.optim.lr=1e12", "--set", "student.model.hidden_sizes=[16]"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: non-finite loss in epoch 1 for the student(s) with seed 0, T 2, alpha 0.5; "
+        "seed 0, T 4, alpha 0.5; lower the learning rate (optim.lr)")
+    assert not list((tmp_path / "nan").glob("chunk-*.pt"))
 
 
 @pytest.mark.parametrize("augmented", [True, False])
@@ -534,15 +575,18 @@ def test_a_batched_chunk_shows_a_progress_bar_on_a_terminal(tmp_path, teacher, m
             *[f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]]
     plain = runner.invoke(app, [*args, "--name", "plain"])
     assert plain.exit_code == 0, plain.output
-    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: the stream counts as a terminal
+    from rich.console import Console
+
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
     monkeypatch.setenv("COLUMNS", "160")
     shown = runner.invoke(app, [*args, "--name", "shown"])
     assert shown.exit_code == 0, shown.output
     for out, bar in ((plain.stderr, False), (shown.stderr, True)):
         out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)  # colours and cursor moves
         assert "chunk 1: epoch 3/3 in " in out
-        assert (re.search(r"epoch [123]/3 .*\d+/21 .*loss \d+\.\d{4} .*img/s", out) is not None
-                ) == bar
+        for e in (1, 2, 3):  # the bar of each epoch: batches of 21, mean loss, speed
+            assert (re.search(rf"epoch {e}/3 .*\d+/21 .*loss \d+\.\d{{4}} .*img/s", out)
+                    is not None) == bar
 
 
 def test_an_interrupted_chunk_continues_whole_or_not_at_all(tmp_path, teacher) -> None:

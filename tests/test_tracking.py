@@ -51,6 +51,27 @@ def read_wandb_records(path: Path) -> list:
     return records
 
 
+def finished_wandb_records(path: Path, patience: float = 30.0) -> list:
+    """The records of an offline run file once it holds its run and summary records.
+
+    wandb's service process writes the file; on a loaded machine the last writes may land
+    just after ``finish()`` returned (a sweep test once read a file without its run record
+    under load, and passed when run again). The file is read again for up to ``patience``
+    seconds; a file that never gets them fails with what it does hold."""
+    import time
+
+    deadline = time.monotonic() + patience
+    while True:
+        records = read_wandb_records(path)
+        kinds = {r.WhichOneof("record_type") for r in records}
+        if {"run", "summary"} <= kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert {"run", "summary"} <= kinds, (f"{path} ({path.stat().st_size} bytes) has no run or "
+                                         f"summary record: {sorted(kinds)}")
+    return records
+
+
 def _key(item) -> str:
     """A history/summary/config item's key (wandb writes either ``key`` or ``nested_key``)."""
     return item.key or "/".join(item.nested_key)
@@ -65,7 +86,7 @@ def test_wandb_offline_writes_run_files_with_the_final_metrics(tmp_path, monkeyp
     run = tmp_path / "out" / "run"
     files = list(run.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    records = read_wandb_records(files[0])
+    records = finished_wandb_records(files[0])
     kinds = [r.WhichOneof("record_type") for r in records]
     assert "run" in kinds
     history = [{_key(i): json.loads(i.value_json) for i in r.history.item}
