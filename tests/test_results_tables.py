@@ -120,3 +120,17 @@ def test_a_resumed_run_counts_the_wall_time_of_every_segment(tmp_path) -> None:
     block = r.tables(store, md)
     assert "| teacher | 0 | 60 | - | - | 100 (resumed 1x) | H100 |" in block
     assert "| teacher | 1 | 60 | - | - | 1230 (sum of epoch times, resumed 2x) | H100 |" in block
+
+
+def test_accuracy_tables_show_each_seed_to_two_decimals(tmp_path) -> None:
+    """CIFAR reports accuracy %: a seed at 87.50% reads 87.50 beside 87.32, not 87.5."""
+    r = results_module()
+    store = tmp_path / "results"
+    for seed, errors in enumerate([1268, 1250]):
+        run = fake_run(tmp_path / "runs", f"teacher-{seed}", seed, errors)
+        r.add(run, "cifar10_jpeg_resnet", "teacher", "distill teach ...", store)
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"{r.START}\n{r.END}\n")
+    block = r.tables(store, md)
+    assert ("| teacher | 87.41 ± 0.13 (n=2) | s0: 87.32, s1: 87.50 | ~93 (original images) |"
+            in block)

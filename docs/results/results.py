@@ -122,6 +122,11 @@ def _value(record: dict, unit: str) -> float:
     return record["test_errors"] if unit == "errors" else 100 * record["test_accuracy"]
 
 
+def _shown(value: float, unit: str) -> str:
+    """A seed's figure: whole test errors, or accuracy % to two decimals (87.50, not 87.5)."""
+    return f"{value:g}" if unit == "errors" else f"{value:.2f}"
+
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "not measured"
@@ -143,7 +148,8 @@ def table(experiment: str, records: list[dict], borrowed: list[dict] = ()) -> st
              "| | mean ± std over seeds | per seed | published |", "|---|---|---|---|"]
     for v in shown:
         values = [_value(r, unit) for _, r in sorted(by[v].items())]
-        per_seed = ", ".join(f"s{s}: {_value(r, unit):g}" for s, r in sorted(by[v].items()))
+        per_seed = ", ".join(f"s{s}: {_shown(_value(r, unit), unit)}"
+                             for s, r in sorted(by[v].items()))
         lines.append(f"| {labels.get(v, v)} | {_mean_std(values)} | {per_seed or '-'} | "
                      f"{spec['published'].get(v, '-')} |")
     for v in (c for c in COMPARED if c in shown):
