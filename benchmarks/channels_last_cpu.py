@@ -19,12 +19,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from distill.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interleaved import cell, images_per_second, parse_args  # noqa: E402
+from interleaved import cell, images_per_second, parse_args, sgd_step  # noqa: E402
 
 LAYOUTS = {"NCHW weights / NCHW input": (False, False),
            "NCHW weights / channels-last input": (False, True),
@@ -40,17 +39,12 @@ def _step(name: str, weights_cl: bool, input_cl: bool, batch: int, train: bool):
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     if input_cl:
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    if train:
+        return sgd_step(model, x, y)
 
     def step() -> None:
-        if not train:
-            with torch.no_grad():
-                model(x)
-            return
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        with torch.no_grad():
+            model(x)
 
     return step
 

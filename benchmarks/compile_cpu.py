@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from distill.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interleaved import cell, images_per_second, parse_args  # noqa: E402
+from interleaved import cell, images_per_second, parse_args, sgd_step  # noqa: E402
 
 
 def _step(name: str, batch: int, compiled: bool):
@@ -29,16 +28,7 @@ def _step(name: str, batch: int, compiled: bool):
     model = build_model(name, (3, 32, 32), 10).to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compiled else model
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-
-    def step() -> None:
-        loss = F.cross_entropy(forward(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return step
+    return sgd_step(model, x, torch.randint(0, 10, (batch,)), forward)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 def parse_args(doc: str) -> argparse.Namespace:
@@ -48,3 +49,20 @@ def images_per_second(steps: dict[str, Callable[[], None]], per_round: int, roun
 def cell(rates: list[float]) -> str:
     """``median (min-max)`` of one variant's figures."""
     return f"{statistics.median(rates):.0f} ({min(rates):.0f}-{max(rates):.0f})"
+
+
+def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[], None]:
+    """One SGD (Nesterov, lr 0.1) training step of ``model`` on the fixed batch ``x`` [B, C,
+    H, W], ``y`` [B]; ``forward`` computes the logits (default: the model; e.g. a compiled
+    copy of it)."""
+    forward = forward if forward is not None else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+
+    def step() -> None:
+        loss = F.cross_entropy(forward(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
