@@ -43,7 +43,7 @@ from distill.augment import build_augment
 from distill.checkpoint import (FORMAT_VERSION, LAST, carried_wall, load_checkpoint,
                                save_atomic)
 from distill.data import DataBundle, eval_batches, indexed_train_batches, load_data, num_batches
-from distill.engine import LOG_EVERY, autocast, resolve_device, resolve_precision
+from distill.engine import EpochBar, autocast, resolve_device, resolve_precision
 from distill.models import build_model, count_parameters
 from distill.optim import build_optimizer, build_scheduler, weight_decay_groups
 from distill.recipe import Recipe
@@ -208,6 +208,17 @@ class ChunkPosition:
     sums: dict[str, Tensor] | None = None
     seen: int = 0
 
+    @classmethod
+    def saved(cls, checkpoint: dict[str, Any]) -> ChunkPosition:
+        """Where a chunk checkpoint stopped (older ones hold epoch ends only)."""
+        return cls(checkpoint["epoch"], checkpoint.get("batch_in_epoch", 0),
+                   checkpoint.get("sums") or None, checkpoint.get("seen", 0))
+
+    def __str__(self) -> str:
+        """``after epoch 3`` or ``in epoch 4 after batch 120``."""
+        return (f"in epoch {self.epoch + 1} after batch {self.batch}" if self.batch
+                else f"after epoch {self.epoch}")
+
 
 def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundle,
                 teacher, recipes: list[Recipe], on_epoch, start: ChunkPosition | None = None,
@@ -232,8 +243,7 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
     pos = start or ChunkPosition()
     per_epoch = num_batches(len(data.train), cfg.batch_size)
     step = pos.epoch * per_epoch + pos.batch
-    task = (progress.add_task("train", total=per_epoch, loss=float("nan"), speed=0.0)
-            if progress is not None else None)
+    bar = EpochBar(progress, per_epoch)
     for epoch in range(pos.epoch, cfg.epochs):
         students.train(True)
         start_time = time.perf_counter()
@@ -242,9 +252,7 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
                 {k: torch.zeros(students.size, device=device) for k in ("loss", "soft", "hard")})
         seen = pos.seen if first else 0
         seen_before = seen
-        if progress is not None:
-            progress.reset(task, total=per_epoch, completed=first,
-                           description=f"epoch {epoch + 1}/{cfg.epochs}")
+        bar.start(epoch, cfg.epochs, first)
         for i, (x, y, idx) in enumerate(
                 indexed_train_batches(data.train, data.info, cfg.batch_size,
                                       recipes[0].data.data_seed, epoch, start=first,
@@ -261,12 +269,9 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
             for k in sums:
                 sums[k] += parts[k].detach() * y.shape[0]
             seen += y.shape[0]
-            if progress is not None:
-                if (i + 1) % LOG_EVERY == 0 or i + 1 == per_epoch:
-                    speed = ((seen - seen_before) * students.size
-                             / max(time.perf_counter() - start_time, 1e-9))
-                    progress.update(task, loss=parts["loss"].mean().item(), speed=speed)
-                progress.update(task, completed=i + 1)
+            shown = progress is not None and bar.logs(i)  # (reading the loss syncs)
+            bar.advance(i, y.shape[0] * students.size,
+                        parts["loss"].mean().item() if shown else None)
             if (on_checkpoint is not None and every_steps and step % every_steps == 0
                     and i + 1 < per_epoch):
                 check_finite(sums, epoch, recipes)  # a checkpoint never holds a diverged chunk
@@ -348,11 +353,12 @@ def loops_students(model: nn.Module, device: torch.device) -> bool:
     return device.type == "cpu" and params > CPU_BATCHED_MAX_PARAMS
 
 
-def nothing_shared(model: nn.Module, device: torch.device, teacher: FrozenTeacher | None,
+def nothing_shared(model: nn.Module, looped: bool, teacher: FrozenTeacher | None,
                    cells: list) -> str | None:
-    """Why ``auto`` trains these students one by one (None: batched): looped on this device,
-    they would share no teacher forward (no teacher, only alpha = 0, or cached logits)."""
-    if not loops_students(model, device):
+    """Why ``auto`` trains these students one by one (None: batched): ``looped`` (see
+    :func:`loops_students`), they would share no teacher forward (no teacher, only alpha = 0,
+    or cached logits)."""
+    if not looped:
         return None
     if teacher is not None and teacher.train_logits is None and any(c.alpha > 0 for c in cells):
         return None
@@ -384,11 +390,12 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
     if problem:
         return _sequential(cells, problem, console)
     data = data.to(device)
+    looped = loops_students(probe, device)
     teacher, source = None, None
     if common.get("student.teacher"):
         teacher, source = load_teacher(common["student.teacher"], base.student.teacher_model,
                                   data.info, Path(base.output_dir))
-        looped_cl = loops_students(probe, device) and resolve_precision(
+        looped_cl = looped and resolve_precision(
             base.amp, base.channels_last, device, teacher)[1]
         teacher.to(device, memory_format=torch.channels_last if looped_cl
                    else torch.preserve_format)
@@ -397,14 +404,15 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
         from distill.api import prepare_teacher
 
         teacher_eval = prepare_teacher(teacher, source, data, base, console)
-    resuming = any(sweep_dir.glob("chunk-*.pt"))  # an interrupted batched chunk continues
-    problem = nothing_shared(probe, device, teacher, cells) if auto and not resuming else None
+    interrupted_chunks = saved_chunks(sweep_dir)  # they continue batched, first
+    problem = (nothing_shared(probe, looped, teacher, cells)
+               if auto and not interrupted_chunks else None)
     if problem:
         return _sequential(cells, problem, console)
     size = chunk_size_for(probe, chunk_size, len(cells))
     by_name = {c.name: c for c in cells}
     chunks = []  # (cells, whether the chunk was interrupted and continues)
-    for path, names in saved_chunks(sweep_dir).items():  # interrupted chunks continue first
+    for path, names in interrupted_chunks.items():
         # whole: the cells it finished before it was stopped stay as they are
         left = [n for n in names if not finished(sweep_dir, n)]
         if not left:  # stopped after its last cell, before removing its checkpoint
@@ -425,7 +433,7 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
                 mine = [c for c in mine if c not in alone]
             if mine:
                 _train_chunk(base, common, mine, number, sweep_dir, data, teacher, source,
-                             console, teacher_eval)
+                             console, looped, teacher_eval)
     return alone
 
 
@@ -442,28 +450,13 @@ def epoch_line(records: dict[int, dict[str, Any]], epoch: int, recipes: list[Rec
     return line
 
 
-def saved_position(saved: dict[str, Any] | None) -> ChunkPosition | None:
-    """Where a chunk checkpoint stopped (older ones hold epoch ends only)."""
-    if saved is None:
-        return None
-    return ChunkPosition(saved["epoch"], saved.get("batch_in_epoch", 0),
-                         saved.get("sums") or None, saved.get("seen", 0))
-
-
-def resume_point(saved: dict[str, Any]) -> str:
-    """``after epoch 3`` or ``in epoch 4 after batch 120`` for a chunk checkpoint."""
-    at = saved_position(saved)
-    return (f"in epoch {at.epoch + 1} after batch {at.batch}" if at.batch
-            else f"after epoch {at.epoch}")
-
-
 def chunk_path(sweep_dir: Path, names: list[str]) -> Path:
     """Where a chunk's checkpoint lives (named by its cells, so a re-run finds it)."""
     return sweep_dir / f"chunk-{hashlib.sha1(','.join(names).encode()).hexdigest()[:10]}.pt"
 
 
 def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
-                 sweep_dir: Path, data: DataBundle, teacher, source, console,
+                 sweep_dir: Path, data: DataBundle, teacher, source, console, looped: bool,
                  teacher_eval=None) -> None:
     """Train one chunk batched, checkpointing it at each epoch end (and every
     ``checkpoint.every_steps`` steps); resume it where it was interrupted. The chunk
@@ -476,6 +469,7 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
     names = [c.name for c in chunk]
     path = chunk_path(sweep_dir, names)
     saved = load_checkpoint(path) if path.is_file() else None
+    resumed_at = ChunkPosition.saved(saved) if saved else None
     recipes = [as_recipe(base, {**common, **c.overrides()}) for c in chunk]
     start = time.perf_counter()
     wall_before = carried_wall(saved)
@@ -485,11 +479,10 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
         models.append(build_model(r.student.model.name, data.info.in_shape,
                                   data.info.num_classes,
                                   **r.student.model.build_options()).to(device))
-    looped = loops_students(models[0], device)
     console.print(f"  chunk {number}: {len(chunk)} students batched"
                   + (" (looped, one teacher forward per batch)" if looped else "")
                   + f" ({', '.join(names)})"
-                  + (f", resuming {resume_point(saved)}" if saved else ""),
+                  + (f", resuming {resumed_at}" if saved else ""),
                   markup=False, soft_wrap=True)
     if saved is None:
         runs = [start_cell(r, sweep_dir, n, str(device), teacher, source)
@@ -543,7 +536,7 @@ def _train_chunk(base: Recipe, common: dict[str, Any], chunk: list, number: int,
 
     with progress_bar(console, console.quiet) as progress:
         fit_stacked(students, optimizer, scheduler, data, teacher, recipes, on_epoch,
-                    start=saved_position(saved), on_epoch_end=on_epoch_end,
+                    start=resumed_at, on_epoch_end=on_epoch_end,
                     on_checkpoint=on_checkpoint, every_steps=recipes[0].checkpoint.every_steps,
                     progress=progress if progress.live.is_started else None)
     wall = wall_before + time.perf_counter() - start  # a resumed chunk counts its earlier time

@@ -287,10 +287,17 @@ def recipe_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
     return changes
 
 
-def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> dict[str, Any]:
-    """The newest checkpoint of ``run_dir``, after checking it may be resumed with ``recipe``."""
+def changes_since(saved: Path, recipe, exclude: set[str] | None = None) -> list[str]:
+    """:func:`recipe_changes` from the recipe file ``saved`` (a run's or a sweep's
+    ``recipe.yaml``) to ``recipe``, without the top-level sections in ``exclude``."""
     from distill.recipe import load_recipe
 
+    return recipe_changes(load_recipe(saved).model_dump(mode="json", exclude=exclude),
+                          recipe.model_dump(mode="json", exclude=exclude))
+
+
+def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> dict[str, Any]:
+    """The newest checkpoint of ``run_dir``, after checking it may be resumed with ``recipe``."""
     if (run_dir / "summary.json").is_file():
         raise DistillError(f"--resume {run_dir}: the run is finished (summary.json exists); "
                            f"nothing to resume")
@@ -302,8 +309,7 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
         command = "teach" if payload["role"] == "teacher" else "student"
         raise DistillError(f"--resume {run_dir}: a {payload['role']} run; resume it with "
                            f"`distill {command} --resume {run_dir}`")
-    saved = load_recipe(run_dir / "recipe.yaml")
-    changes = recipe_changes(saved.model_dump(mode="json"), recipe.model_dump(mode="json"))
+    changes = changes_since(run_dir / "recipe.yaml", recipe)
     if changes and not allow_changes:
         raise DistillError(f"--resume {run_dir}: the recipe differs from the run's: "
                            f"{'; '.join(changes)}; pass --allow-changes to resume with it anyway")

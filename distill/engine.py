@@ -205,6 +205,40 @@ def apply_max_norm(model: nn.Module, max_norm: float) -> None:
             module.weight.copy_(torch.renorm(module.weight, p=2, dim=0, maxnorm=max_norm))
 
 
+class EpochBar:
+    """One epoch's batches on a rich ``Progress`` bar (loss, images/s); does nothing when
+    ``progress`` is None (quiet runs, no terminal). Shared by :func:`fit` and batched
+    sweeps."""
+
+    def __init__(self, progress, batches: int) -> None:
+        self.progress, self.batches = progress, batches
+        self.task = (progress.add_task("train", total=batches, loss=float("nan"), speed=0.0)
+                     if progress is not None else None)
+        self.started, self.images = 0.0, 0
+
+    def start(self, epoch: int, epochs: int, first: int) -> None:
+        """Epoch ``epoch`` (0-based) begins at batch ``first`` (> 0 when resumed)."""
+        self.started, self.images = time.perf_counter(), 0
+        if self.progress is not None:
+            self.progress.reset(self.task, total=self.batches, completed=first,
+                                description=f"epoch {epoch + 1}/{epochs}")
+
+    def logs(self, i: int) -> bool:
+        """Whether batch ``i`` (0-based) is one whose loss is read (every ``LOG_EVERY``)."""
+        return (i + 1) % LOG_EVERY == 0 or i + 1 == self.batches
+
+    def advance(self, i: int, images: int, loss: float | None = None) -> None:
+        """Batch ``i`` of ``images`` images done; ``loss`` (read on :meth:`logs` batches)
+        updates the loss and speed shown."""
+        self.images += images
+        if self.progress is None:
+            return
+        if loss is not None:
+            speed = self.images / max(time.perf_counter() - self.started, 1e-9)
+            self.progress.update(self.task, loss=loss, speed=speed)
+        self.progress.update(self.task, completed=i + 1)
+
+
 def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTeacher | None,
         on_epoch: Callable[[dict[str, Any]], None], progress=None,
         on_checkpoint: Callable[[str], None] | None = None, every_steps: int | None = None
@@ -222,8 +256,7 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
     """
     history = []
     steps_per_epoch = num_batches(len(data.train), cfg.batch_size)
-    task = (progress.add_task("train", total=steps_per_epoch, loss=float("nan"), speed=0.0)
-            if progress is not None else None)
+    bar = EpochBar(progress, steps_per_epoch)
     while state.epoch < cfg.epochs:
         epoch, first = state.epoch, state.batch_in_epoch
         state.model.train()
@@ -233,9 +266,7 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
                           for k in ("loss", "soft", "hard")}
             state.seen = 0
         seen_at_start = state.seen
-        if progress is not None:
-            progress.reset(task, total=steps_per_epoch, completed=first,
-                           description=f"epoch {epoch + 1}/{cfg.epochs}")
+        bar.start(epoch, cfg.epochs, first)
         world = cfg.world
         batches = indexed_train_batches(data.train, data.info, cfg.batch_size, cfg.data_seed,
                                         epoch, start=first, augment=cfg.augment,
@@ -250,16 +281,12 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
                 state.sums[k] += parts[k] * y.shape[0]
             state.seen += y.shape[0]
             state.batch_in_epoch = i + 1
-            seen = state.seen
-            if (i + 1) % LOG_EVERY == 0 or i + 1 == steps_per_epoch:
+            loss = None
+            if bar.logs(i):
                 loss = parts["loss"].item()
                 if not math.isfinite(loss):
                     raise _non_finite(parts, epoch, state.step)
-                if progress is not None:
-                    speed = (seen - seen_at_start) / max(time.perf_counter() - start, 1e-9)
-                    progress.update(task, loss=loss, speed=speed)
-            if progress is not None:
-                progress.update(task, completed=i + 1)
+            bar.advance(i, y.shape[0], loss)
             if (on_checkpoint is not None and every_steps and state.step % every_steps == 0
                     and i + 1 < steps_per_epoch):
                 _reduce(state, world)

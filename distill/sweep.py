@@ -35,7 +35,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from distill.checkpoint import LAST, LOCK, FileLock, load_checkpoint, take_lock
+from distill.checkpoint import (LAST, LOCK, FileLock, changes_since, load_checkpoint,
+                               take_lock)
 from distill.errors import DistillError, RecipeError
 from distill.recipe import Recipe, dump_recipe
 from distill.teacher import read_summary, teacher_location
@@ -274,7 +275,6 @@ def sweep_info(recipe: Recipe, cells: list[Cell], teacher: str, mode: str) -> di
     from distill.engine import resolve_device
 
     return {"teacher": teacher, "mode": mode, "device_type": resolve_device(recipe.device).type,
-            "recipe_fingerprint": recipe.fingerprint(exclude={"sweep"}),
             "Ts": sorted({c.T for c in cells}), "alphas": sorted({c.alpha for c in cells}),
             "seeds": sorted({c.seed for c in cells}), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -304,20 +304,11 @@ def check_same_sweep(sweep_dir: Path, info: dict[str, Any], recipe: Recipe) -> N
                            f"which sets its students' precision and layout; continue it on "
                            f"{old['device_type']} (not {info['device_type']}), or use another "
                            f"--name for a new sweep")
-    saved = sweep_dir / "recipe.yaml"
-    if saved.is_file():
-        from distill.checkpoint import recipe_changes
-        from distill.recipe import load_recipe
-
-        changes = recipe_changes(load_recipe(saved).model_dump(mode="json", exclude={"sweep"}),
-                                 recipe.model_dump(mode="json", exclude={"sweep"}))
-        if changes:
-            raise DistillError(f"{sweep_dir}: this sweep was started with another recipe "
-                               f"({'; '.join(changes)}); use another --name for a new sweep")
-    elif old.get("recipe_fingerprint") != info["recipe_fingerprint"]:
+    saved = sweep_dir / "recipe.yaml"  # written with sweep.json since the first sweep
+    changes = changes_since(saved, recipe, exclude={"sweep"}) if saved.is_file() else []
+    if changes:
         raise DistillError(f"{sweep_dir}: this sweep was started with another recipe "
-                           f"(fingerprint {old.get('recipe_fingerprint')}); use another --name "
-                           f"for a new sweep")
+                           f"({'; '.join(changes)}); use another --name for a new sweep")
 
 
 # ----------------------------------------------------------------------------- orchestration
