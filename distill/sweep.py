@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import statistics
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -214,14 +215,17 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
     grid_ = np.full((len(Ts), len(alphas)), np.nan)
     for c in cells:
         grid_[Ts.index(c["T"]), alphas.index(c["alpha"])] = 100 * c["val"][0]
-    fig, ax = plt.subplots(figsize=(1.2 * len(alphas) + 3, 0.8 * len(Ts) + 2))
+    width = 1.2 * len(alphas) + 3  # inches
+    fig, ax = plt.subplots(figsize=(width, 0.8 * len(Ts) + 2))
     image = ax.imshow(grid_, cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax, label="val accuracy (%), mean over seeds")
     for i in range(len(Ts)):
         for j in range(len(alphas)):
             if not np.isnan(grid_[i, j]):
-                ax.text(j, i, f"{grid_[i, j]:.2f}", ha="center", va="center", color="white",
-                        fontsize=9)
+                r, g, b, _ = image.cmap(image.norm(grid_[i, j]))  # dark text on bright cells
+                dark = 0.299 * r + 0.587 * g + 0.114 * b > 0.5
+                ax.text(j, i, f"{grid_[i, j]:.2f}", ha="center", va="center",
+                        color="black" if dark else "white", fontsize=9)
     best = np.unravel_index(np.nanargmax(grid_), grid_.shape)
     ax.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False,
                                edgecolor="red", linewidth=2))
@@ -229,7 +233,9 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
     ax.set_yticks(range(len(Ts)), labels=[f"{t:g}" for t in Ts])
     ax.set_xlabel("alpha (weight of the soft term)")
     ax.set_ylabel("T (temperature)")
-    ax.set_title(title or "validation accuracy (best boxed)")
+    # wrapped to the figure (about 8 characters an inch at 10 pt), never cut at its edges
+    ax.set_title(textwrap.fill(title or "validation accuracy (best boxed)", int(8 * width)),
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # whole, whoever writes it last

@@ -170,6 +170,26 @@ def test_the_sweep_heatmap_shows_mean_validation_accuracy_and_boxes_the_best(
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "0.9"]
 
 
+def test_a_long_heatmap_title_is_wrapped_inside_the_figure_and_labels_stay_readable(
+        tmp_path: Path, drawn) -> None:
+    """A sweep folder's name goes into the title: on a 2-column grid it once ran off both
+    edges of the PNG; and white numbers on viridis's yellow end could not be read."""
+    from distill.sweep import plot_heatmap
+
+    rows = [{"T": T, "alpha": a, "seed": 0, "val_accuracy": v, "test_accuracy": 0.9}
+            for T, a, v in [(4.0, 0.5, 0.99), (4.0, 0.9, 0.95)]]
+    title = "mnist-hinton-val-sweep: validation accuracy after 20 epochs (chosen cell boxed)"
+    plot_heatmap(rows, tmp_path / "heatmap.png", title=title)
+    fig = drawn[0]
+    ax = fig.axes[0]
+    assert " ".join(ax.get_title().split()) == title  # all of it, on several lines
+    fig.canvas.draw()
+    box = ax.title.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+    colours = {t.get_text(): t.get_color() for t in ax.texts}
+    assert colours == {"99.00": "black", "95.00": "white"}  # yellow top, purple bottom
+
+
 def test_confusion_matrix_rejects_wrong_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         plot_confusion_matrix(np.eye(3, dtype=int), ["a", "b"], tmp_path / "x.png")

@@ -201,10 +201,13 @@ SWEEP_COLUMNS = ["T", "alpha", "seed", "epochs", "val_accuracy", "best_val_accur
                  "wall_seconds", "command"]
 
 
-def sweep(sweep_dir: Path, out: Path | None = None, command: str = "") -> tuple[float, float]:
+def sweep(sweep_dir: Path, out: Path | None = None, command: str = "",
+          plot: Path | None = None) -> tuple[float, float]:
     """The (T, alpha) a finished sweep chooses on validation; with ``out``, its validation
-    figures (one row per cell and seed, no test column) written there as CSV."""
-    from distill.sweep import SWEEP_FILE, aggregate, best_cell, grid_size, read_results
+    figures (one row per cell and seed, no test column) written there as CSV; with ``plot``,
+    the validation-accuracy heatmap of the grid (the chosen cell boxed) as a PNG."""
+    from distill.sweep import (SWEEP_FILE, aggregate, best_cell, grid_size, plot_heatmap,
+                               read_results)
 
     rows = read_results(sweep_dir)
     size = grid_size(json.loads((sweep_dir / SWEEP_FILE).read_text()))
@@ -215,13 +218,18 @@ def sweep(sweep_dir: Path, out: Path | None = None, command: str = "") -> tuple[
     if best is None:
         raise SystemExit(f"{sweep_dir}: no validation accuracy (data.val_size is 0); "
                          f"nothing to choose on")
+    epochs = {r["run"]: json.loads((sweep_dir / r["run"] / "summary.json").read_text())["epochs"]
+              for r in rows}
     if out is not None:
         with open(out, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             for r in rows:
-                cell = json.loads((sweep_dir / r["run"] / "summary.json").read_text())
-                writer.writerow({**r, "epochs": cell["epochs"], "command": command})
+                writer.writerow({**r, "epochs": epochs[r["run"]], "command": command})
+    if plot is not None:
+        after = "/".join(str(e) for e in sorted(set(epochs.values())))
+        plot_heatmap(rows, plot, title=f"{sweep_dir.name}: validation accuracy after "
+                                       f"{after} epochs (chosen cell boxed)")
     return best["T"], best["alpha"]
 
 
@@ -238,11 +246,12 @@ def main() -> None:
     w.add_argument("sweep_dir", type=Path)
     w.add_argument("--out", type=Path, help="also store its validation figures as this CSV")
     w.add_argument("--command", default="", help="the exact command that made the sweep")
+    w.add_argument("--plot", type=Path, help="also draw its validation heatmap as this PNG")
     args = p.parse_args()
     if args.cmd == "add":
         print(add(args.run, args.experiment, args.variant, args.command))
     elif args.cmd == "sweep":
-        T, alpha = sweep(args.sweep_dir, args.out, args.command)
+        T, alpha = sweep(args.sweep_dir, args.out, args.command, args.plot)
         print(f"chosen on validation: T={T:g} ALPHA={alpha:g}")
     else:
         print(tables())
