@@ -46,6 +46,7 @@ from distill.tracking import require_wandb, resolve_mode, write_json
 RESULTS = "results.csv"
 SWEEP_FILE = "sweep.json"
 HEATMAP = "heatmap.png"
+VAL_CURVES = "val_curves.png"
 COLUMNS = ["T", "alpha", "seed", "val_accuracy", "best_val_accuracy", "test_accuracy",
            "wall_seconds", "run"]
 
@@ -236,19 +237,90 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
     # wrapped to the figure (about 8 characters an inch at 10 pt), never cut at its edges
     ax.set_title(textwrap.fill(title or "validation accuracy (best boxed)", int(8 * width)),
                  fontsize=10)
+    return _save_whole(fig, path)
+
+
+def _save_whole(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG that processes sharing the sweep folder never see half-written
+    (whoever writes it last wins), close it, return ``path``."""
+    from distill.report import plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # whole, whoever writes it last
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     os.replace(tmp, path)
     return path
 
 
+def mean_val_curves(sweep_dir: Path, rows: list[dict[str, Any]]
+                    ) -> dict[tuple[float, float], tuple[list[int], list[float]]]:
+    """Per (T, alpha): the epochs and the validation accuracy at each, mean over the seeds
+    of the finished cells in ``rows`` (read from each cell's metrics.jsonl)."""
+    from distill.tracking import METRICS, MetricsLog
+
+    per_epoch: dict[tuple[float, float], dict[int, list[float]]] = {}
+    for r in rows:
+        curve = per_epoch.setdefault((r["T"], r["alpha"]), {})
+        for record in MetricsLog(sweep_dir / r["run"] / METRICS).read():
+            if record.get("val_accuracy") is not None:
+                curve.setdefault(record["epoch"], []).append(record["val_accuracy"])
+    return {key: (sorted(c), [statistics.fmean(c[e]) for e in sorted(c)])
+            for key, c in per_epoch.items() if c}
+
+
+def plot_val_curves(sweep_dir: Path, rows: list[dict[str, Any]], path: Path,
+                    title: str = "") -> Path | None:
+    """Validation accuracy against epoch, one line per (T, alpha) (colour: T, dash: alpha;
+    the chosen cell drawn thick), whole and over the last half of the epochs, to see whether
+    the choice is a steady lead or the noise of the last epoch (None without val data)."""
+    from matplotlib.ticker import MaxNLocator
+
+    from distill.report import plt
+
+    curves = mean_val_curves(sweep_dir, rows)
+    if not curves:
+        return None
+    best = best_cell(aggregate(rows))
+    chosen = (best["T"], best["alpha"]) if best else None
+    Ts = sorted({T for T, _ in curves})
+    alphas = sorted({a for _, a in curves})
+    dashes = ["-", "--", ":", "-."]
+    last = max(e for epochs, _ in curves.values() for e in epochs)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2))
+    for ax, since in zip(axes, (1, max(1, last // 2 + 1))):
+        for (T, alpha), (epochs, accs) in sorted(curves.items()):
+            shown = [(e, 100 * a) for e, a in zip(epochs, accs) if e >= since]
+            if not shown:
+                continue
+            ax.plot(*zip(*shown), marker=".", color=f"C{Ts.index(T) % 10}",
+                    linestyle=dashes[alphas.index(alpha) % len(dashes)],
+                    linewidth=3 if (T, alpha) == chosen else 1.3,
+                    label=f"T {T:g}, alpha {alpha:g}" + (" (chosen)" if (T, alpha) == chosen
+                                                          else ""))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("val accuracy (%), mean over seeds")
+        ax.set_title("all epochs" if since == 1 else f"epochs {since}-{last}", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    if title:
+        fig.suptitle(textwrap.fill(title, 100), fontsize=11)
+    return _save_whole(fig, path)
+
+
+def plot_sweep(sweep_dir: Path, name: str, rows: list[dict[str, Any]]) -> None:
+    """The sweep folder's plots: ``heatmap.png`` and ``val_curves.png``."""
+    plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{name}: validation accuracy")
+    plot_val_curves(sweep_dir, rows, sweep_dir / VAL_CURVES,
+                    title=f"{name}: validation accuracy per epoch")
+
+
 def report(sweep_dir: Path, console: Console | None = None) -> list[dict[str, Any]]:
     """Reprint the table and redraw the heatmap from the sweep folder's files."""
     rows = read_results(sweep_dir)
-    plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{sweep_dir.name}: validation accuracy")
+    plot_sweep(sweep_dir, sweep_dir.name, rows)
     (console or Console()).print(sweep_table(sweep_dir, rows))
     return rows
 
@@ -511,7 +583,7 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
                     write_results(sweep_dir, cells)
     with results_lock(sweep_dir, console):
         rows = write_results(sweep_dir, cells)
-        plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{sweep_name}: validation accuracy")
+        plot_sweep(sweep_dir, sweep_name, rows)
     if len(rows) < len(cells):
         console.print(f"sweep: {len(cells) - len(rows)} of {len(cells)} students are still "
                       f"training in another process; the table shows the finished ones (run "
@@ -558,4 +630,5 @@ def _log_sweep(recipe: Recipe, sweep_dir: Path, rows: list[dict[str, Any]]) -> N
     table = tracker._wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])
     tracker.run.log({"results": table})
     tracker.log_image("heatmap", sweep_dir / HEATMAP)
+    tracker.log_image("val_curves", sweep_dir / VAL_CURVES)
     tracker.finish()

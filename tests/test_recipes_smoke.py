@@ -240,11 +240,14 @@ def test_cifar_reproduction_script_resumes_stopped_runs_and_distils_only_when_to
     best = best_cell(aggregate(rows))
     assert f"chosen on validation: T={best['T']:g} ALPHA={best['alpha']:g}" in swept
     assert len(list((out / "cifar-sweeps").glob("cifar-val-sweep.*.log"))) == 2
-    figures, heatmap = tmp_path / "val_sweep.csv", tmp_path / "val_sweep.png"
+    figures, heatmap, curves = (tmp_path / f"val_sweep{end}" for end in
+                                (".csv", ".png", "_curves.png"))
     subprocess.run([sys.executable, str(root / "docs/results/results.py"), "sweep",
                     str(sweep_dir), "--out", str(figures), "--command", "the command",
-                    "--plot", str(heatmap)], check=True, capture_output=True)
-    assert heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                    "--plot", str(heatmap), "--curves", str(curves)],
+                   check=True, capture_output=True)
+    for plot in (heatmap, curves):
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(figures, newline="") as fh:
         stored = list(csv.DictReader(fh))
     assert list(stored[0]) == ["T", "alpha", "seed", "epochs", "val_accuracy",

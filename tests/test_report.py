@@ -190,6 +190,38 @@ def test_a_long_heatmap_title_is_wrapped_inside_the_figure_and_labels_stay_reada
     assert colours == {"99.00": "black", "95.00": "white"}  # yellow top, purple bottom
 
 
+def test_the_sweep_val_curves_show_each_cell_mean_over_seeds_and_its_last_half(
+        tmp_path: Path, drawn) -> None:
+    """One line per (T, alpha), the mean over seeds per epoch, read from each cell's
+    metrics.jsonl; the right panel zooms on the last half of the epochs; the chosen cell
+    (best final validation mean) is the thick line."""
+    import json
+
+    from distill.sweep import plot_val_curves
+
+    curves = {("T2-a0.5-s0", 2.0, 0.5, 0): [0.50, 0.60, 0.70, 0.80],
+              ("T2-a0.5-s1", 2.0, 0.5, 1): [0.40, 0.60, 0.80, 0.90],
+              ("T4-a0.5-s0", 4.0, 0.5, 0): [0.55, 0.65, 0.75, 0.80]}
+    rows = []
+    for (run, T, alpha, seed), accs in curves.items():
+        (tmp_path / run).mkdir()
+        records = [{"epoch": e, "train_loss": 1.0, "val_accuracy": a}
+                   for e, a in enumerate(accs, 1)]
+        (tmp_path / run / "metrics.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records) + '{"epoch": 5, "val_')  # cut
+        rows.append({"T": T, "alpha": alpha, "seed": seed, "run": run, "test_accuracy": 0.5,
+                     "val_accuracy": accs[-1]})
+    _assert_png(plot_val_curves(tmp_path, rows, tmp_path / "curves.png", title="t"))
+    whole, last_half = drawn[0].axes[:2]
+    lines = _lines(whole)
+    assert list(lines) == ["T 2, alpha 0.5 (chosen)", "T 4, alpha 0.5"]
+    np.testing.assert_allclose(lines["T 2, alpha 0.5 (chosen)"][1], [45, 60, 75, 85])
+    np.testing.assert_allclose(lines["T 4, alpha 0.5"][1], [55, 65, 75, 80])
+    assert [line.get_linewidth() for line in whole.lines] == [3, 1.3]
+    assert {k: v[0] for k, v in _lines(last_half).items()} == {
+        "T 2, alpha 0.5 (chosen)": [3, 4], "T 4, alpha 0.5": [3, 4]}
+
+
 def test_confusion_matrix_rejects_wrong_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         plot_confusion_matrix(np.eye(3, dtype=int), ["a", "b"], tmp_path / "x.png")

@@ -121,7 +121,8 @@ def test_sweep_folder_results_and_report(batched, teacher) -> None:
         assert r["test_accuracy"] == summary["test"]["accuracy"]
         assert summary["teacher"]["location"] == str(teacher)
         assert summary["kd"] == {"T": r["T"], "alpha": r["alpha"]}
-    assert (batched / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for plot in ("heatmap.png", "val_curves.png"):
+        assert (batched / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = runner.invoke(app, ["report", str(batched)])
     assert result.exit_code == 0
     assert "best on val" in result.stdout and "teacher test" in result.stdout

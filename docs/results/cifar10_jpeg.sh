@@ -13,8 +13,8 @@
 # SWEEP=1 trains the recipe's T x alpha grid from the first seed's teacher (once it has
 # finished) for SWEEP_EPOCHS epochs (default 10), in JOBS processes sharing the sweep folder
 # $OUT/cifar-sweeps/cifar-val-sweep, prints its table and the chosen T and ALPHA, and stores
-# its validation figures in docs/results/cifar10_jpeg_val_sweep.csv and its heatmap in
-# docs/results/cifar10_jpeg_val_sweep.png (unless RECORD=0).
+# its validation figures in docs/results/cifar10_jpeg_val_sweep.csv, its heatmap and
+# validation curves in docs/results/cifar10_jpeg_val_sweep*.png (unless RECORD=0).
 # JOBS=N runs N trainings at a time with one thread each; a baseline needs no teacher, so it
 # trains beside the teachers. OUT=<folder> (default outputs) gets cifar-teachers/ and
 # cifar-students/ (apart, so a baseline never picks up a teacher run by itself).
@@ -64,7 +64,8 @@ if [ "${SWEEP:-0}" = 1 ]; then
     if [ "${RECORD:-1}" = 1 ]; then
         prefix=""; if [ "$jobs_max" -gt 1 ]; then prefix="OMP_NUM_THREADS=1 ($jobs_max processes) "; fi
         csv=(--out "$here/cifar10_jpeg_val_sweep.csv" --command "${prefix}distill ${sweep_args[*]}"
-             --plot "$here/cifar10_jpeg_val_sweep.png")
+             --plot "$here/cifar10_jpeg_val_sweep.png"
+             --curves "$here/cifar10_jpeg_val_sweep_curves.png")
     fi
     python "$here/results.py" sweep "$sweeps/cifar-val-sweep" ${csv[@]+"${csv[@]}"}
 fi

@@ -202,12 +202,13 @@ SWEEP_COLUMNS = ["T", "alpha", "seed", "epochs", "val_accuracy", "best_val_accur
 
 
 def sweep(sweep_dir: Path, out: Path | None = None, command: str = "",
-          plot: Path | None = None) -> tuple[float, float]:
+          plot: Path | None = None, curves: Path | None = None) -> tuple[float, float]:
     """The (T, alpha) a finished sweep chooses on validation; with ``out``, its validation
     figures (one row per cell and seed, no test column) written there as CSV; with ``plot``,
-    the validation-accuracy heatmap of the grid (the chosen cell boxed) as a PNG."""
+    the validation-accuracy heatmap of the grid (the chosen cell boxed) as a PNG; with
+    ``curves``, each cell's validation accuracy per epoch as a PNG."""
     from distill.sweep import (SWEEP_FILE, aggregate, best_cell, grid_size, plot_heatmap,
-                               read_results)
+                               plot_val_curves, read_results)
 
     rows = read_results(sweep_dir)
     size = grid_size(json.loads((sweep_dir / SWEEP_FILE).read_text()))
@@ -230,6 +231,9 @@ def sweep(sweep_dir: Path, out: Path | None = None, command: str = "",
         after = "/".join(str(e) for e in sorted(set(epochs.values())))
         plot_heatmap(rows, plot, title=f"{sweep_dir.name}: validation accuracy after "
                                        f"{after} epochs (chosen cell boxed)")
+    if curves is not None:
+        plot_val_curves(sweep_dir, rows, curves,
+                        title=f"{sweep_dir.name}: validation accuracy per epoch")
     return best["T"], best["alpha"]
 
 
@@ -247,11 +251,13 @@ def main() -> None:
     w.add_argument("--out", type=Path, help="also store its validation figures as this CSV")
     w.add_argument("--command", default="", help="the exact command that made the sweep")
     w.add_argument("--plot", type=Path, help="also draw its validation heatmap as this PNG")
+    w.add_argument("--curves", type=Path,
+                   help="also draw its cells' validation accuracy per epoch as this PNG")
     args = p.parse_args()
     if args.cmd == "add":
         print(add(args.run, args.experiment, args.variant, args.command))
     elif args.cmd == "sweep":
-        T, alpha = sweep(args.sweep_dir, args.out, args.command, args.plot)
+        T, alpha = sweep(args.sweep_dir, args.out, args.command, args.plot, args.curves)
         print(f"chosen on validation: T={T:g} ALPHA={alpha:g}")
     else:
         print(tables())
