@@ -438,15 +438,18 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
 
 
 def epoch_line(records: dict[int, dict[str, Any]], epoch: int, recipes: list[Recipe]) -> str:
-    """One progress line for a chunk's finished ``epoch``: its time and the range of the
-    students' training loss and validation accuracy (``records``: student -> its record)."""
+    """One progress line for a chunk's finished ``epoch``: its time, the range of the
+    students' training loss and validation accuracy and the student that leads on
+    validation (``records``: student index -> its record; ``recipes``: one per student)."""
     recs = list(records.values())
     loss = [r["train_loss"] for r in recs]
     line = (f"epoch {epoch}/{recipes[0].student.epochs} in {recs[0]['epoch_seconds']:.0f} s, "
             f"train loss {min(loss):.4f}-{max(loss):.4f}")
-    acc = [r["val_accuracy"] for r in recs if r.get("val_accuracy") is not None]
+    acc = {i: r["val_accuracy"] for i, r in records.items() if r.get("val_accuracy") is not None}
     if acc:
-        line += f", val accuracy {100 * min(acc):.2f}-{100 * max(acc):.2f}%"
+        lead = recipes[max(acc, key=acc.get)]
+        line += (f", val accuracy {100 * min(acc.values()):.2f}-{100 * max(acc.values()):.2f}% "
+                 f"(highest: {Cell(lead.student.T, lead.student.alpha, lead.seed).name})")
     return line
 
 
