@@ -447,9 +447,11 @@ def epoch_line(records: dict[int, dict[str, Any]], epoch: int, recipes: list[Rec
             f"train loss {min(loss):.4f}-{max(loss):.4f}")
     acc = {i: r["val_accuracy"] for i, r in records.items() if r.get("val_accuracy") is not None}
     if acc:
-        lead = recipes[max(acc, key=acc.get)]
-        line += (f", val accuracy {100 * min(acc.values()):.2f}-{100 * max(acc.values()):.2f}% "
-                 f"(highest: {Cell(lead.student.T, lead.student.alpha, lead.seed).name})")
+        top = max(acc.values())
+        leads = [Cell(r.student.T, r.student.alpha, r.seed).name
+                 for i, r in enumerate(recipes) if acc.get(i) == top]  # all of a tie
+        line += (f", val accuracy {100 * min(acc.values()):.2f}-{100 * top:.2f}% "
+                 f"(highest: {', '.join(leads)})")
     return line
 
 

@@ -228,7 +228,7 @@ def sweep(recipe: Optional[str] = RecipeOpt,
           quiet: bool = QuietOpt, debug: bool = DebugOpt) -> None:
     """Train a T x alpha (x seed) grid of students from one teacher and tabulate it.
 
-    Example: distill sweep --T 1,2,4,8 --alpha 0.5,0.9 --seeds 0,1,2. Writes outputs/<sweep>/ with one run folder per cell, results.csv, heatmap.png; the best cell is chosen on validation accuracy, never on test.
+    Example: distill sweep --T 1,2,4,8 --alpha 0.5,0.9 --seeds 0,1,2. Writes outputs/<sweep>/ with one run folder per cell, results.csv, heatmap.png, val_curves.png; the best cell is chosen on validation accuracy, never on test.
     """
     from distill import sweep as sw
     from distill.api import sweep as run_sweep
@@ -273,7 +273,7 @@ def sweep(recipe: Optional[str] = RecipeOpt,
 @user_errors
 def report(sweep_dir: Path = typer.Argument(..., help="A sweep folder (outputs/<sweep>)."),
            debug: bool = DebugOpt) -> None:
-    """Reprint a sweep's table and redraw its heatmap from its files."""
+    """Reprint a sweep's table and redraw its plots (heatmap, validation curves) from its files."""
     from distill.sweep import report as run_report
 
     if not sweep_dir.is_dir():

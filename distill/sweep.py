@@ -2,8 +2,8 @@
 
 A sweep folder ``outputs/<sweep>/`` holds one normal student run folder per cell
 (``T4-a0.9-s0/``), ``sweep.json`` (the grid and the teacher), ``results.csv`` (one row per
-cell and seed), ``heatmap.png`` (validation accuracy over T x alpha) and the table printed at
-the end. All cells share the recipe's ``data_seed`` and the same teacher, so they see the
+cell and seed), ``heatmap.png`` (validation accuracy over T x alpha), ``val_curves.png`` (each
+cell's validation accuracy per epoch) and the table printed at the end. All cells share the recipe's ``data_seed`` and the same teacher, so they see the
 same batches and differ only in T, alpha and seed; each cell is exactly the student that
 ``distill student --T t --alpha a --seed s`` would train with the same recipe.
 
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
@@ -42,6 +42,9 @@ from distill.errors import DistillError, RecipeError
 from distill.recipe import Recipe, dump_recipe
 from distill.teacher import read_summary, teacher_location
 from distill.tracking import require_wandb, resolve_mode, write_json
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RESULTS = "results.csv"
 SWEEP_FILE = "sweep.json"
@@ -205,6 +208,7 @@ def sweep_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
 def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
     """Mean validation accuracy over the T x alpha grid, as a PNG (None without val data)."""
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     from distill.report import plt
 
@@ -219,16 +223,18 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
     width = 1.2 * len(alphas) + 3  # inches
     fig, ax = plt.subplots(figsize=(width, 0.8 * len(Ts) + 2))
     image = ax.imshow(grid_, cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax, label="val accuracy (%), mean over seeds")
+    fig.colorbar(image, ax=ax, label="val accuracy (%), mean over seeds", format="%.2f",
+                 ticks=MaxNLocator(5))  # a few round values, not 3-decimal steps
     for i in range(len(Ts)):
         for j in range(len(alphas)):
             if not np.isnan(grid_[i, j]):
-                r, g, b, _ = image.cmap(image.norm(grid_[i, j]))  # dark text on bright cells
-                dark = 0.299 * r + 0.587 * g + 0.114 * b > 0.5
+                r, g, b, _ = image.cmap(image.norm(grid_[i, j]))
+                bright_cell = 0.299 * r + 0.587 * g + 0.114 * b > 0.5  # luma
                 ax.text(j, i, f"{grid_[i, j]:.2f}", ha="center", va="center",
-                        color="black" if dark else "white", fontsize=9)
-    best = np.unravel_index(np.nanargmax(grid_), grid_.shape)
-    ax.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False,
+                        color="black" if bright_cell else "white", fontsize=9)
+    best = best_cell(cells)  # the cell the table and results.py name, ties included
+    row, col = Ts.index(best["T"]), alphas.index(best["alpha"])
+    ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False,
                                edgecolor="red", linewidth=2))
     ax.set_xticks(range(len(alphas)), labels=[f"{a:g}" for a in alphas])
     ax.set_yticks(range(len(Ts)), labels=[f"{t:g}" for t in Ts])
@@ -240,7 +246,7 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
     return _save_whole(fig, path)
 
 
-def _save_whole(fig, path: Path) -> Path:
+def _save_whole(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as a PNG that processes sharing the sweep folder never see half-written
     (whoever writes it last wins), close it, return ``path``."""
     from distill.report import plt
@@ -248,77 +254,109 @@ def _save_whole(fig, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
+    fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")  # legends outside too
     plt.close(fig)
     os.replace(tmp, path)
     return path
 
 
-def mean_val_curves(sweep_dir: Path, rows: list[dict[str, Any]]
-                    ) -> dict[tuple[float, float], tuple[list[int], list[float]]]:
-    """Per (T, alpha): the epochs and the validation accuracy at each, mean over the seeds
-    of the finished cells in ``rows`` (read from each cell's metrics.jsonl)."""
+@dataclass
+class ValCurve:
+    """One (T, alpha) cell's validation accuracy per epoch over its seeds (fractions)."""
+
+    epochs: list[int]
+    mean: list[float]
+    low: list[float]  # the lowest seed's, at each epoch
+    high: list[float]  # the highest seed's
+    seeds: int
+
+
+def val_curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[tuple[float, float], ValCurve]:
+    """Per (T, alpha): validation accuracy per epoch over the seeds of the finished cells in
+    ``rows``, read from each cell's metrics.jsonl; only the epochs every seed has, so the
+    mean never jumps where a seed's run stops short."""
     from distill.tracking import METRICS, MetricsLog
 
-    per_epoch: dict[tuple[float, float], dict[int, list[float]]] = {}
+    per_seed: dict[tuple[float, float], list[dict[int, float]]] = {}
     for r in rows:
-        curve = per_epoch.setdefault((r["T"], r["alpha"]), {})
-        for record in MetricsLog(sweep_dir / r["run"] / METRICS).read():
-            if record.get("val_accuracy") is not None:
-                curve.setdefault(record["epoch"], []).append(record["val_accuracy"])
-    return {key: (sorted(c), [statistics.fmean(c[e]) for e in sorted(c)])
-            for key, c in per_epoch.items() if c}
+        curve = {rec["epoch"]: rec["val_accuracy"]
+                 for rec in MetricsLog(sweep_dir / r["run"] / METRICS).read()
+                 if rec.get("val_accuracy") is not None}
+        if curve:
+            per_seed.setdefault((r["T"], r["alpha"]), []).append(curve)
+    out = {}
+    for key, seeds in per_seed.items():
+        epochs = sorted(set.intersection(*(set(c) for c in seeds)))
+        if epochs:
+            at = [[c[e] for c in seeds] for e in epochs]
+            out[key] = ValCurve(epochs, [statistics.fmean(v) for v in at],
+                                [min(v) for v in at], [max(v) for v in at], len(seeds))
+    return out
+
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+DASHES = ["-", "--", ":", "-."]
 
 
 def plot_val_curves(sweep_dir: Path, rows: list[dict[str, Any]], path: Path,
                     title: str = "") -> Path | None:
-    """Validation accuracy against epoch, one line per (T, alpha) (colour: T, dash: alpha;
-    the chosen cell drawn thick), whole and over the last half of the epochs, to see whether
-    the choice is a steady lead or the noise of the last epoch (None without val data)."""
+    """Validation accuracy against epoch, one line per (T, alpha): colour by T, dash and
+    marker by alpha, the mean over seeds with a band from the lowest to the highest seed,
+    the best cell on validation drawn thick; all epochs, and (from 4 epochs on) the last
+    half again, to see whether the best cell leads steadily or by one epoch's noise.
+    None without validation data."""
     from matplotlib.ticker import MaxNLocator
 
     from distill.report import plt
 
-    curves = mean_val_curves(sweep_dir, rows)
+    curves = val_curves(sweep_dir, rows)
     if not curves:
         return None
     best = best_cell(aggregate(rows))
-    chosen = (best["T"], best["alpha"]) if best else None
+    top = (best["T"], best["alpha"]) if best else None
     Ts = sorted({T for T, _ in curves})
     alphas = sorted({a for _, a in curves})
-    dashes = ["-", "--", ":", "-."]
-    last = max(e for epochs, _ in curves.values() for e in epochs)
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2))
-    for ax, since in zip(axes, (1, max(1, last // 2 + 1))):
-        for (T, alpha), (epochs, accs) in sorted(curves.items()):
-            shown = [(e, 100 * a) for e, a in zip(epochs, accs) if e >= since]
-            if not shown:
-                continue
-            ax.plot(*zip(*shown), marker=".", color=f"C{Ts.index(T) % 10}",
-                    linestyle=dashes[alphas.index(alpha) % len(dashes)],
-                    linewidth=3 if (T, alpha) == chosen else 1.3,
-                    label=f"T {T:g}, alpha {alpha:g}" + (" (chosen)" if (T, alpha) == chosen
-                                                          else ""))
+    last = max(c.epochs[-1] for c in curves.values())
+    starts = [1] if last < 4 else [1, last // 2 + 1]
+    fig, axes = plt.subplots(1, len(starts), figsize=(6.2 * len(starts), 4.2), squeeze=False)
+    for ax, since in zip(axes[0], starts):
+        for (T, alpha), c in sorted(curves.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            keep = [i for i, e in enumerate(c.epochs) if e >= since]
+            x = [c.epochs[i] for i in keep]
+            colour, a = f"C{Ts.index(T) % 10}", alphas.index(alpha)
+            ax.plot(x, [100 * c.mean[i] for i in keep], color=colour,
+                    linestyle=DASHES[a % len(DASHES)], marker=MARKERS[a % len(MARKERS)],
+                    markersize=4, linewidth=3 if (T, alpha) == top else 1.3,
+                    label=f"T {T:g}, alpha {alpha:g}"
+                          + (" (best on val)" if (T, alpha) == top else ""))
+            if c.seeds > 1:
+                ax.fill_between(x, [100 * c.low[i] for i in keep],
+                                [100 * c.high[i] for i in keep], color=colour, alpha=0.12)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("val accuracy (%), mean over seeds")
+        ax.set_ylabel("val accuracy (%)")
         ax.set_title("all epochs" if since == 1 else f"epochs {since}-{last}", fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
-    if title:
-        fig.suptitle(textwrap.fill(title, 100), fontsize=11)
+    handles, labels = axes[0][0].get_legend_handles_labels()  # every cell is in the first
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=len(alphas), fontsize=8)  # a column per alpha, below the panels
+    seeds = sorted({c.seeds for c in curves.values()})
+    spread = ", band: lowest to highest seed" if seeds[-1] > 1 else ""
+    what = ("1 seed" if seeds == [1] else
+            f"mean over {'/'.join(map(str, seeds))} seeds{spread}")
+    fig.suptitle(textwrap.fill(f"{title + ': ' if title else ''}{what}", 110), fontsize=11)
     return _save_whole(fig, path)
 
 
 def plot_sweep(sweep_dir: Path, name: str, rows: list[dict[str, Any]]) -> None:
     """The sweep folder's plots: ``heatmap.png`` and ``val_curves.png``."""
-    plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{name}: validation accuracy")
+    plot_heatmap(rows, sweep_dir / HEATMAP, title=f"{name}: validation accuracy (best boxed)")
     plot_val_curves(sweep_dir, rows, sweep_dir / VAL_CURVES,
                     title=f"{name}: validation accuracy per epoch")
 
 
 def report(sweep_dir: Path, console: Console | None = None) -> list[dict[str, Any]]:
-    """Reprint the table and redraw the heatmap from the sweep folder's files."""
+    """Reprint the table and redraw the plots from the sweep folder's files."""
     rows = read_results(sweep_dir)
     plot_sweep(sweep_dir, sweep_dir.name, rows)
     (console or Console()).print(sweep_table(sweep_dir, rows))
@@ -473,7 +511,7 @@ def _remove_unlocked(run: Path) -> bool:
 @contextmanager
 def results_lock(sweep_dir: Path, console: Console | None = None,
                  patience: float = 30.0) -> Iterator[None]:
-    """Held (waiting for it) while results.csv and the heatmap are read and rewritten, so
+    """Held (waiting for it) while results.csv and the plots are read and rewritten, so
     the last process to write them writes every cell finished by then. A wait longer than
     ``patience`` seconds (a peer stopped while writing, e.g. by Ctrl-Z) is said once."""
     path, start, said = sweep_dir / ".results.lock", time.monotonic(), False
@@ -620,7 +658,7 @@ def _sweep_teacher(recipe: Recipe, needed: bool) -> tuple[str | None, float | No
 
 
 def _log_sweep(recipe: Recipe, sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """The sweep's table (and heatmap) as a wandb run of its own, when tracking is on."""
+    """The sweep's table and plots as a wandb run of its own, when tracking is on."""
     from distill.tracking import Tracker
 
     tracker = Tracker(recipe.wandb.model_copy(update={"group": sweep_dir.name}), sweep_dir,

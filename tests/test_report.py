@@ -190,36 +190,84 @@ def test_a_long_heatmap_title_is_wrapped_inside_the_figure_and_labels_stay_reada
     assert colours == {"99.00": "black", "95.00": "white"}  # yellow top, purple bottom
 
 
-def test_the_sweep_val_curves_show_each_cell_mean_over_seeds_and_its_last_half(
-        tmp_path: Path, drawn) -> None:
-    """One line per (T, alpha), the mean over seeds per epoch, read from each cell's
-    metrics.jsonl; the right panel zooms on the last half of the epochs; the chosen cell
-    (best final validation mean) is the thick line."""
+def _sweep_cells(folder: Path, curves: dict[tuple, list[float]]) -> list[dict]:
+    """Cell run folders with these per-epoch validation accuracies (each metrics.jsonl ends
+    in a line cut short, as a kill leaves it), and their results rows."""
     import json
 
-    from distill.sweep import plot_val_curves
-
-    curves = {("T2-a0.5-s0", 2.0, 0.5, 0): [0.50, 0.60, 0.70, 0.80],
-              ("T2-a0.5-s1", 2.0, 0.5, 1): [0.40, 0.60, 0.80, 0.90],
-              ("T4-a0.5-s0", 4.0, 0.5, 0): [0.55, 0.65, 0.75, 0.80]}
     rows = []
     for (run, T, alpha, seed), accs in curves.items():
-        (tmp_path / run).mkdir()
+        (folder / run).mkdir()
         records = [{"epoch": e, "train_loss": 1.0, "val_accuracy": a}
                    for e, a in enumerate(accs, 1)]
-        (tmp_path / run / "metrics.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in records) + '{"epoch": 5, "val_')  # cut
+        (folder / run / "metrics.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records) + '{"epoch": 9, "val_')
         rows.append({"T": T, "alpha": alpha, "seed": seed, "run": run, "test_accuracy": 0.5,
                      "val_accuracy": accs[-1]})
+    return rows
+
+
+def test_the_sweep_val_curves_show_each_cell_mean_over_seeds_and_its_last_half(
+        tmp_path: Path, drawn) -> None:
+    """One line per (T, alpha), the mean over seeds per epoch with a band from the lowest to
+    the highest seed; the right panel zooms on the last half of the epochs; the best cell
+    on validation (final mean) is the thick line; the legend, below, names every cell."""
+    from distill.sweep import plot_val_curves
+
+    rows = _sweep_cells(tmp_path, {("T2-a0.5-s0", 2.0, 0.5, 0): [0.50, 0.60, 0.70, 0.80],
+                                   ("T2-a0.5-s1", 2.0, 0.5, 1): [0.40, 0.60, 0.80, 0.90],
+                                   ("T4-a0.5-s0", 4.0, 0.5, 0): [0.55, 0.65, 0.75, 0.80]})
     _assert_png(plot_val_curves(tmp_path, rows, tmp_path / "curves.png", title="t"))
-    whole, last_half = drawn[0].axes[:2]
+    fig = drawn[0]
+    whole, last_half = fig.axes
     lines = _lines(whole)
-    assert list(lines) == ["T 2, alpha 0.5 (chosen)", "T 4, alpha 0.5"]
-    np.testing.assert_allclose(lines["T 2, alpha 0.5 (chosen)"][1], [45, 60, 75, 85])
+    assert list(lines) == ["T 2, alpha 0.5 (best on val)", "T 4, alpha 0.5"]
+    np.testing.assert_allclose(lines["T 2, alpha 0.5 (best on val)"][1], [45, 60, 75, 85])
     np.testing.assert_allclose(lines["T 4, alpha 0.5"][1], [55, 65, 75, 80])
     assert [line.get_linewidth() for line in whole.lines] == [3, 1.3]
+    (band,) = whole.collections  # only T 2 has two seeds
+    np.testing.assert_allclose(band.get_paths()[0].vertices[:, 1].min(), 40)
+    np.testing.assert_allclose(band.get_paths()[0].vertices[:, 1].max(), 90)
     assert {k: v[0] for k, v in _lines(last_half).items()} == {
-        "T 2, alpha 0.5 (chosen)": [3, 4], "T 4, alpha 0.5": [3, 4]}
+        "T 2, alpha 0.5 (best on val)": [3, 4], "T 4, alpha 0.5": [3, 4]}
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == list(lines)
+    assert "mean over 1/2 seeds, band: lowest to highest seed" in fig._suptitle.get_text()
+
+
+def test_the_sweep_val_curves_keep_the_epochs_every_seed_has_and_every_cell(
+        tmp_path: Path, drawn) -> None:
+    """A seed that stopped short must not make its cell's mean jump (only the epochs all its
+    seeds have are drawn), and a cell with fewer epochs than the rest is still in the legend;
+    with fewer than 4 epochs there is no second panel to zoom into."""
+    from distill.sweep import plot_val_curves
+
+    rows = _sweep_cells(tmp_path, {("T2-a0.5-s0", 2.0, 0.5, 0): [0.50, 0.60, 0.70],
+                                   ("T2-a0.5-s1", 2.0, 0.5, 1): [0.40, 0.60],
+                                   ("T4-a0.9-s0", 4.0, 0.9, 0): [0.55, 0.65, 0.75]})
+    plot_val_curves(tmp_path, rows, tmp_path / "curves.png")
+    fig = drawn[0]
+    (ax,) = fig.axes
+    lines = _lines(ax)
+    assert lines["T 2, alpha 0.5"] == ([1, 2], [45.0, 60.0])
+    assert lines["T 4, alpha 0.9 (best on val)"][0] == [1, 2, 3]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(lines)
+
+
+def test_the_heatmap_boxes_the_cell_the_table_chooses_when_two_tie(tmp_path: Path,
+                                                                    drawn) -> None:
+    """Ties on 5000 validation images are common (steps of 0.02%): the box goes to the cell
+    best_cell names (the first in the grid's order), not to the first in sorted order."""
+    from distill.sweep import aggregate, best_cell, plot_heatmap
+
+    rows = [{"T": T, "alpha": 0.5, "seed": 0, "val_accuracy": 0.9, "test_accuracy": 0.9}
+            for T in (8.0, 4.0)]  # --T 8,4
+    assert best_cell(aggregate(rows))["T"] == 8.0
+    plot_heatmap(rows, tmp_path / "heatmap.png")
+    ax = drawn[0].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["4", "8"]
+    (box,) = ax.patches
+    assert box.get_xy() == (-0.5, 0.5)  # row 1: T 8
 
 
 def test_confusion_matrix_rejects_wrong_names(tmp_path: Path) -> None:

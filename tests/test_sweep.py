@@ -128,6 +128,19 @@ def test_sweep_folder_results_and_report(batched, teacher) -> None:
     assert "best on val" in result.stdout and "teacher test" in result.stdout
 
 
+def test_a_chunk_epoch_line_names_every_student_tied_for_the_highest_val_accuracy() -> None:
+    from distill.batched import epoch_line
+    from distill.recipe import load_recipe
+
+    recipes = [load_recipe(None, {"student.T": T, "student.alpha": 0.5, "seed": 1})
+               for T in (2.0, 4.0, 8.0)]
+    records = {i: {"train_loss": loss, "val_accuracy": acc, "epoch_seconds": 12.3}
+               for i, (loss, acc) in enumerate([(1.0, 0.80), (0.5, 0.84), (0.7, 0.84)])}
+    assert epoch_line(records, 3, recipes) == (
+        f"epoch 3/{recipes[0].student.epochs} in 12 s, train loss 0.5000-1.0000, val accuracy "
+        "80.00-84.00% (highest: T4-a0.5-s1, T8-a0.5-s1)")
+
+
 def test_the_best_cell_is_chosen_on_validation_never_on_test() -> None:
     rows = [{"T": 2.0, "alpha": 0.5, "seed": 0, "val_accuracy": 0.90, "test_accuracy": 0.99},
             {"T": 4.0, "alpha": 0.5, "seed": 0, "val_accuracy": 0.95, "test_accuracy": 0.80}]
@@ -556,7 +569,8 @@ def test_a_cell_claimed_by_another_process_is_left_to_it(tmp_path, teacher, mode
         for e in range(STUDENT["student.epochs"]):  # a progress line per epoch, from the logs
             loss = sorted(log[e]["train_loss"] for log in logs)
             acc = [100 * log[e]["val_accuracy"] for log in logs]
-            lead = ("T4-a0-s0", "T4-a0.5-s0")[acc.index(max(acc))]
+            lead = ", ".join(n for n, a in zip(("T4-a0-s0", "T4-a0.5-s0"), acc)
+                             if a == max(acc))  # both, when tied
             assert (f"chunk 1: epoch {e + 1}/{STUDENT['student.epochs']} in "
                     f"{logs[0][e]['epoch_seconds']:.0f} s, train loss {loss[0]:.4f}-"
                     f"{loss[1]:.4f}, val accuracy {min(acc):.2f}-{max(acc):.2f}% "

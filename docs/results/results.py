@@ -230,7 +230,7 @@ def sweep(sweep_dir: Path, out: Path | None = None, command: str = "",
     if plot is not None:
         after = "/".join(str(e) for e in sorted(set(epochs.values())))
         plot_heatmap(rows, plot, title=f"{sweep_dir.name}: validation accuracy after "
-                                       f"{after} epochs (chosen cell boxed)")
+                                       f"{after} epochs (best boxed)")
     if curves is not None:
         plot_val_curves(sweep_dir, rows, curves,
                         title=f"{sweep_dir.name}: validation accuracy per epoch")
