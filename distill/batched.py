@@ -439,7 +439,7 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
 
 def epoch_line(records: dict[int, dict[str, Any]], epoch: int, recipes: list[Recipe]) -> str:
     """One progress line for a chunk's finished ``epoch``: its time, the range of the
-    students' training loss and validation accuracy and the student that leads on
+    students' training loss and validation accuracy and the student(s) that lead on
     validation (``records``: student index -> its record; ``recipes``: one per student)."""
     recs = list(records.values())
     loss = [r["train_loss"] for r in recs]

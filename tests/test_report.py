@@ -154,7 +154,7 @@ def test_confusion_matrix_many_classes_numpy(tmp_path: Path, drawn) -> None:
 
 def test_the_sweep_heatmap_shows_mean_validation_accuracy_and_boxes_the_best(
         tmp_path: Path, drawn) -> None:
-    from distill.sweep import plot_heatmap
+    from distill.sweep_plots import plot_heatmap
 
     rows = [{"T": T, "alpha": a, "seed": s, "val_accuracy": v, "test_accuracy": 0.99}
             for T, a, s, v in [(2.0, 0.5, 0, 0.80), (2.0, 0.5, 1, 0.84), (2.0, 0.9, 0, 0.90),
@@ -174,7 +174,7 @@ def test_a_long_heatmap_title_is_wrapped_inside_the_figure_and_labels_stay_reada
         tmp_path: Path, drawn) -> None:
     """A sweep folder's name goes into the title: on a 2-column grid it once ran off both
     edges of the PNG; and white numbers on viridis's yellow end could not be read."""
-    from distill.sweep import plot_heatmap
+    from distill.sweep_plots import plot_heatmap
 
     rows = [{"T": T, "alpha": a, "seed": 0, "val_accuracy": v, "test_accuracy": 0.9}
             for T, a, v in [(4.0, 0.5, 0.99), (4.0, 0.9, 0.95)]]
@@ -212,7 +212,7 @@ def test_the_sweep_val_curves_show_each_cell_mean_over_seeds_and_its_last_half(
     """One line per (T, alpha), the mean over seeds per epoch with a band from the lowest to
     the highest seed; the right panel zooms on the last half of the epochs; the best cell
     on validation (final mean) is the thick line; the legend, below, names every cell."""
-    from distill.sweep import plot_val_curves
+    from distill.sweep_plots import plot_val_curves
 
     rows = _sweep_cells(tmp_path, {("T2-a0.5-s0", 2.0, 0.5, 0): [0.50, 0.60, 0.70, 0.80],
                                    ("T2-a0.5-s1", 2.0, 0.5, 1): [0.40, 0.60, 0.80, 0.90],
@@ -240,7 +240,7 @@ def test_the_sweep_val_curves_keep_the_epochs_every_seed_has_and_every_cell(
     """A seed that stopped short must not make its cell's mean jump (only the epochs all its
     seeds have are drawn), and a cell with fewer epochs than the rest is still in the legend;
     with fewer than 4 epochs there is no second panel to zoom into."""
-    from distill.sweep import plot_val_curves
+    from distill.sweep_plots import plot_val_curves
 
     rows = _sweep_cells(tmp_path, {("T2-a0.5-s0", 2.0, 0.5, 0): [0.50, 0.60, 0.70],
                                    ("T2-a0.5-s1", 2.0, 0.5, 1): [0.40, 0.60],
@@ -258,7 +258,8 @@ def test_the_heatmap_boxes_the_cell_the_table_chooses_when_two_tie(tmp_path: Pat
                                                                     drawn) -> None:
     """Ties on 5000 validation images are common (steps of 0.02%): the box goes to the cell
     best_cell names (the first in the grid's order), not to the first in sorted order."""
-    from distill.sweep import aggregate, best_cell, plot_heatmap
+    from distill.sweep import aggregate, best_cell
+    from distill.sweep_plots import plot_heatmap
 
     rows = [{"T": T, "alpha": 0.5, "seed": 0, "val_accuracy": 0.9, "test_accuracy": 0.9}
             for T in (8.0, 4.0)]  # --T 8,4

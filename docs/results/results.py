@@ -207,8 +207,8 @@ def sweep(sweep_dir: Path, out: Path | None = None, command: str = "",
     figures (one row per cell and seed, no test column) written there as CSV; with ``plot``,
     the validation-accuracy heatmap of the grid (the chosen cell boxed) as a PNG; with
     ``curves``, each cell's validation accuracy per epoch as a PNG."""
-    from distill.sweep import (SWEEP_FILE, aggregate, best_cell, grid_size, plot_heatmap,
-                               plot_val_curves, read_results)
+    from distill.sweep import SWEEP_FILE, aggregate, best_cell, grid_size, read_results
+    from distill.sweep_plots import plot_heatmap, plot_val_curves
 
     rows = read_results(sweep_dir)
     size = grid_size(json.loads((sweep_dir / SWEEP_FILE).read_text()))
