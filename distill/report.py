@@ -7,6 +7,7 @@ window, so they work on headless machines.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +94,18 @@ def comparison_table(title: str, models: list[tuple[str, dict[str, float | None]
 # plots
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` as PNG (creating parent folders), close it, return path."""
+def save_png(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG (creating parent folders), close it, return path.
+    The file appears whole (written beside it, then renamed): a reader, or another process
+    drawing the same plot into a shared sweep folder, never sees half a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight")
+        fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
@@ -172,7 +177,7 @@ def plot_learning_curves(records: list[dict[str, Any]], path: Path, title: str =
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _row_normalise(cm: np.ndarray) -> np.ndarray:
@@ -224,4 +229,4 @@ def plot_confusion_matrix(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)

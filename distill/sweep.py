@@ -4,8 +4,9 @@ A sweep folder ``outputs/<sweep>/`` holds one normal student run folder per cell
 (``T4-a0.9-s0/``), ``sweep.json`` (the grid and the teacher), ``results.csv`` (one row per
 cell and seed), ``heatmap.png`` and ``val_curves.png`` (see :mod:`distill.sweep_plots`) and
 the table printed at the end. All cells share the recipe's ``data_seed`` and the same
-teacher, so they see the same batches and differ only in T, alpha and seed; each cell is exactly the student that
-``distill student --T t --alpha a --seed s`` would train with the same recipe.
+teacher, so they see the same batches and differ only in T, alpha and seed; each cell is
+exactly the student that ``distill student --T t --alpha a --seed s`` would train with the
+same recipe.
 
 Running the same sweep again (same ``--name``) skips finished cells, resumes interrupted
 ones from their checkpoints, and trains the rest; nothing finished is overwritten. Several

@@ -2,28 +2,25 @@
 
 ``heatmap.png``: the mean validation accuracy over the T x alpha grid, the best cell on
 validation boxed. ``val_curves.png``: each cell's validation accuracy per epoch, to see
-whether the best cell leads steadily or by one epoch's noise. Both are written whole
-(processes sharing a sweep folder never read half a PNG); test accuracy is never drawn.
+whether the best cell leads steadily or by one epoch's noise. Both are written whole by
+:func:`distill.report.save_png` (processes sharing a sweep folder redraw them); test
+accuracy is never drawn.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from distill.report import plt
+from distill.report import plt, save_png
 from distill.sweep import aggregate, best_cell
 from distill.tracking import METRICS, MetricsLog
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 HEATMAP = "heatmap.png"
 VAL_CURVES = "val_curves.png"
@@ -64,19 +61,8 @@ def plot_heatmap(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
     # wrapped to the figure (about 8 characters an inch at 10 pt), never cut at its edges
     ax.set_title(textwrap.fill(title or "validation accuracy (best boxed)", int(8 * width)),
                  fontsize=10)
-    return _save_whole(fig, path)
-
-
-def _save_whole(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as a PNG that processes sharing the sweep folder never see half-written
-    (whoever writes it last wins), close it, return ``path``."""
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")  # legends outside too
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)
 
 
 @dataclass
@@ -154,7 +140,8 @@ def plot_val_curves(sweep_dir: Path, rows: list[dict[str, Any]], path: Path,
     what = ("1 seed" if seeds == [1] else
             f"mean over {'/'.join(map(str, seeds))} seeds{spread}")
     fig.suptitle(textwrap.fill(f"{title + ': ' if title else ''}{what}", 110), fontsize=11)
-    return _save_whole(fig, path)
+    fig.tight_layout()
+    return save_png(fig, path)
 
 
 def plot_sweep(sweep_dir: Path, name: str, rows: list[dict[str, Any]]) -> None:
