@@ -356,6 +356,50 @@ def test_a_sweep_killed_in_its_second_chunk_reruns_only_the_missing_cells(tmp_pa
     assert [(r["T"], r["run"]) for r in rows] == [(2.0, "T2-a0.5-s0"), (4.0, "T4-a0.5-s0")]
 
 
+def test_a_sequential_sweep_killed_in_its_second_cell_resumes_that_cell(tmp_path, teacher
+                                                                      ) -> None:
+    """Sequential mode: the first cell finishes (3 epoch checkpoints), the process is
+    SIGKILLed after the second cell's first epoch; the re-run keeps the first cell's files
+    untouched and resumes the second from its own ``checkpoint-last.pt`` (epoch 1 is not
+    trained again), both equal to a sweep never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from distill.checkpoint import KILL_AFTER_SAVE_ENV
+
+    args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
+            "--mode", "sequential", "--wandb", "disabled", "--output-dir", str(tmp_path)]
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]
+    whole = runner.invoke(app, [*args, *sets, "-q", "--name", "whole"])
+    assert whole.exit_code == 0, whole.output
+    killed = subprocess.run([sys.executable, "-m", "distill", *args, *sets, "-q",
+                             "--name", "killed"], capture_output=True, text=True,
+                            env={**os.environ, KILL_AFTER_SAVE_ENV: "4"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    sweep = tmp_path / "killed"
+    first, second = sweep / "T2-a0.5-s0", sweep / "T4-a0.5-s0"
+    assert (first / "summary.json").is_file() and not (second / "summary.json").exists()
+    before = (second / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in before] == [1]
+    kept = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
+    again = subprocess.run([sys.executable, "-m", "distill", *args, *sets, "--name", "killed"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "T2-a0.5-s0: finished, kept" in again.stderr
+    assert re.search(r"\[1/1\] T4-a0.5-s0: val", again.stderr), again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == kept
+    after = (second / "metrics.jsonl").read_text().splitlines()
+    assert after[0] == before[0]  # epoch 1's record (its timing too) kept, not trained again
+    assert [json.loads(line)["epoch"] for line in after] == [1, 2, 3]
+    resumes = json.loads((second / "summary.json").read_text())["resumes"]
+    assert [(r["epoch"], r["step"]) for r in resumes] == [(1, json.loads(before[0])["step"])]
+    for cell in ("T2-a0.5-s0", "T4-a0.5-s0"):
+        assert close(tmp_path / "whole" / cell, sweep / cell, atol=0.0)
+    assert [r["run"] for r in read_results(sweep)] == ["T2-a0.5-s0", "T4-a0.5-s0"]
+
+
 def test_the_sweep_table_goes_to_wandb(tmp_path, teacher, monkeypatch) -> None:
     """In offline mode the sweep's own wandb run holds the results table, row for row."""
     from test_tracking import _key, finished_wandb_records
