@@ -60,6 +60,36 @@ def test_resnet_parameter_counts(name: str, expected: float) -> None:
     assert abs(count - expected) / expected < 0.05, count
 
 
+def test_a_resnet_block_adds_its_identity_shortcut() -> None:
+    """With its residual branch at zero (last BatchNorm's weight 0), a block passes relu(x)
+    through: the shortcut is added before the final ReLU."""
+    from distill.models import BasicBlock
+
+    block = BasicBlock(4, 4).eval()
+    nn.init.zeros_(block.bn2.weight)
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(block(x), torch.relu(x))
+
+
+@pytest.mark.parametrize(("name", "mmacs"), [("resnet20", 40.81), ("resnet56", 125.75)])
+def test_resnet_stages_halve_the_map_and_cost_the_published_macs(name: str, mmacs: float
+                                                                 ) -> None:
+    """He et al.'s CIFAR ResNets: stages at 32x32 (16 ch), 16x16 (32), 8x8 (64); 40.81M and
+    125.75M multiply-accumulates per 32x32 image (a wrong stride changes both)."""
+    from distill.metrics import profile_model
+
+    model = build_model(name, (3, 32, 32), 10)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for stage in ("layer1", "layer2", "layer3"):
+        getattr(model, stage).register_forward_hook(
+            lambda _m, _i, out, stage=stage: shapes.__setitem__(stage, tuple(out.shape[1:])))
+    _forward(model, (3, 32, 32), n=1)
+    assert shapes == {"layer1": (16, 32, 32), "layer2": (32, 16, 16), "layer3": (64, 8, 8)}
+    macs = profile_model(model, (3, 32, 32), batch_size=1, repeats=1)["macs_per_image"]
+    assert macs / 1e6 == pytest.approx(mmacs, abs=0.01)
+
+
 def test_count_parameters_skips_frozen() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     assert count_parameters(model) == 4 * 3 + 3 + 3 * 2 + 2

@@ -60,9 +60,11 @@ def _run(model: nn.Module, optimizer: torch.optim.Optimizer, batches) -> list[li
     return trace
 
 
-@pytest.mark.parametrize("inner", ["adam", "momentum"])
-def test_lookahead_follows_the_paper_from_the_first_outer_step(inner: str) -> None:
-    k, la_alpha, lr = 3, 0.5, 0.05
+@pytest.mark.parametrize("inner,la_alpha", [("adam", 0.8), ("momentum", 0.8), ("adam", 0.3)])
+def test_lookahead_follows_the_paper_from_the_first_outer_step(inner: str, la_alpha: float
+                                                               ) -> None:
+    """alpha != 0.5, where a step of alpha and one of 1 - alpha differ."""
+    k, lr = 3, 0.05
     batches = _batches(3 * k + 1)  # three outer steps, the first included, and one more
     ours = _model()
     cfg = OptimConfig(name=f"lookahead_{inner}", lr=lr, la_k=k, la_alpha=la_alpha)
@@ -120,8 +122,10 @@ def test_optimizer_names_mean_what_they_say() -> None:
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.0
     assert momentum.defaults["momentum"] == 0.8 and not momentum.defaults["nesterov"]
     assert nesterov.defaults["nesterov"] and nesterov.defaults["momentum"] == 0.9
-    assert isinstance(build_optimizer(model, OptimConfig(name="adam")), torch.optim.Adam)
-    assert isinstance(build_optimizer(model, OptimConfig(name="adamw")), torch.optim.AdamW)
+    for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
+        adam = build_optimizer(model, OptimConfig(name=name, betas=(0.8, 0.95)))
+        assert isinstance(adam, cls)
+        assert adam.defaults["betas"] == (0.8, 0.95)
     la = build_optimizer(model, OptimConfig(name="lookahead_sgd", la_k=7, la_alpha=0.8))
     assert la.param_groups[0]["lookahead_k"] == 7
     assert la.param_groups[0]["lookahead_alpha"] == 0.8
