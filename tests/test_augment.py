@@ -31,8 +31,12 @@ def test_translate_moves_pixels_and_zero_fills() -> None:
     assert shifted[0, 0, 1:, 1:].eq(9).all()
 
 
-def test_jitter_draws_every_shift_up_to_n_and_no_more() -> None:
-    aug = BatchAugment(AugmentConfig(jitter=2))
+@pytest.mark.parametrize("cfg", [{"jitter": 2}, {"crop_padding": 2},
+                                 {"jitter": 1, "crop_padding": 2}],
+                         ids=["jitter", "crop_padding", "both"])
+def test_jitter_draws_every_shift_up_to_n_and_no_more(cfg: dict[str, int]) -> None:
+    """``jitter`` and ``crop_padding`` are one translation; set both, the larger N holds."""
+    aug = BatchAugment(AugmentConfig(**cfg))
     out = aug(dots(400), seed=0)
     pos = out[:, 0].flatten(1).argmax(1)
     dy, dx = pos // 9 - 4, pos % 9 - 4
@@ -69,6 +73,34 @@ def test_color_jitter_factors() -> None:
     flat = color_jitter(x, torch.tensor([[1.0, 0.5, 1.0], [1.0, 0.5, 1.0]]))
     mean = luma.mean((1, 2)).view(2, 1, 1, 1)
     assert torch.allclose(flat, (x - mean) * 0.5 + mean, atol=1e-3)
+
+
+def test_rotation_draws_angles_both_ways_up_to_d_degrees() -> None:
+    """A dot 8 px right of the centre, turned by each drawn angle: the dot's centre of mass
+    gives the angle back (to within bilinear blur), and the angles fill [-30, 30]."""
+    x = torch.zeros(400, 1, 21, 21, dtype=torch.uint8)
+    x[:, 0, 10, 18] = 200
+    out = BatchAugment(AugmentConfig(rotation=30))(x, seed=3)[:, 0]
+    mass = out.sum((1, 2))
+    rows, cols = torch.arange(21.0).view(1, 21, 1), torch.arange(21.0).view(1, 1, 21)
+    dy = (out * rows).sum((1, 2)) / mass - 10
+    dx = (out * cols).sum((1, 2)) / mass - 10
+    angles = torch.rad2deg(torch.atan2(-dy, dx))  # counter-clockwise positive
+    assert angles.abs().max() < 31 and angles.min() < -25 and angles.max() > 25
+
+
+def test_color_jitter_draws_factors_both_ways_up_to_s() -> None:
+    """On a two-level grey image (80 and 120) brightness b and contrast c give a mean of
+    100 b and a spread of 40 b c, so both drawn factors can be read back: each fills
+    [0.7, 1.3] for s = 0.3."""
+    x = torch.full((400, 1, 4, 4), 80, dtype=torch.uint8)
+    x[:, :, :, 2:] = 120
+    out = BatchAugment(AugmentConfig(color_jitter=0.3))(x, seed=4)[:, 0]
+    brightness = out.mean((1, 2)) / 100
+    contrast = (out[:, :, 2:].mean((1, 2)) - out[:, :, :2].mean((1, 2))) / (40 * brightness)
+    for factor in (brightness, contrast):
+        assert factor.min() >= 0.7 - 1e-4 and factor.max() <= 1.3 + 1e-4
+        assert factor.min() < 0.75 and factor.max() > 1.25
 
 
 def test_draws_depend_on_the_seed_only_and_shards_agree() -> None:
