@@ -121,6 +121,16 @@ def test_ece_hand_computed() -> None:
     )
 
 
+def test_ece_bins_hold_their_upper_edge() -> None:
+    """Confidence 0.75 (right) sits on an edge of 4 bins: in (0.5, 0.75] it is alone,
+    |1 - 0.75| = 0.25; 0.875 (wrong) is alone in (0.75, 1], 0.875: ECE (0.25 + 0.875) / 2.
+    Bins of [lo, hi) would pool the two: |0.5 - 0.8125| = 0.3125."""
+    probs = torch.tensor([[0.75, 0.25], [0.875, 0.125]], dtype=torch.float64)
+    targets = torch.tensor([0, 1])
+    assert expected_calibration_error(probs, targets, 4) == pytest.approx(0.5625, abs=1e-12)
+    assert _ece_loop(probs.numpy(), targets.numpy(), 4) == pytest.approx(0.5625, abs=1e-12)
+
+
 def test_ece_zero_when_perfectly_calibrated() -> None:
     # four samples at confidence 0.75, three right; two at 0.5 (tie -> class 0), one right
     probs = [[0.75, 0.25]] * 4 + [[0.5, 0.5]] * 2

@@ -31,10 +31,24 @@ def test_defaults_per_device_and_model(device: str, model, want) -> None:
     assert resolve_precision(None, None, torch.device(device), model) == want
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_autocast_is_the_default_on_cuda_only_where_the_gpu_has_bf16(monkeypatch, bf16
+                                                                          ) -> None:
+    """Decided without a GPU: the CUDA check is stubbed, the device is only named."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    cuda = torch.device("cuda")
+    assert resolve_precision(None, None, cuda, CONV) == (bf16, True)
+    assert resolve_precision(None, None, cuda, MLP) == (bf16, False)
+    assert resolve_precision(False, False, cuda, CONV) == (False, False)
+    for other in ("cpu", "meta"):  # a GPU that has bf16 turns autocast on for CUDA runs only
+        assert resolve_precision(None, None, torch.device(other), MLP) == (False, False)
+
+
 def test_a_recipe_switches_either_off_or_on() -> None:
     cpu = torch.device("cpu")
     assert resolve_precision(None, False, cpu, CONV) == (False, False)
     assert resolve_precision(True, None, cpu, MLP) == (True, False)
+    assert resolve_precision(None, True, cpu, MLP) == (False, True)
 
 
 def test_inputs_follow_the_layout_of_the_conv_weights() -> None:
