@@ -207,6 +207,27 @@ def test_a_baseline_needs_no_teacher(tmp_path) -> None:
     assert s["kd"]["alpha"] == 0.0 and "train_soft" not in s["final_epoch"]
 
 
+def test_a_recipes_label_smoothing_reaches_every_training_loss(tmp_path, monkeypatch) -> None:
+    """teacher.label_smoothing and student.label_smoothing are what each run's loss gets."""
+    import distill.engine as engine
+
+    seen: list[float] = []
+    original = engine.distillation_loss
+
+    def recording(*args, **kwargs):  # the engine passes label_smoothing positionally, last
+        seen.append(args[5] if len(args) > 5 else kwargs["label_smoothing"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "distillation_loss", recording)
+    common = ["--epochs", "1", "--output-dir", str(tmp_path), "--wandb", "disabled", "-q"]
+    invoke("teach", "--set", "teacher.label_smoothing=0.1", "--name", "t", *common)
+    assert seen and set(seen) == {0.1}
+    seen.clear()
+    invoke("student", "--teacher", str(tmp_path / "t"), "--set", "student.label_smoothing=0.2",
+           *common)
+    assert seen and set(seen) == {0.2}
+
+
 def test_eval_refuses_a_teacher_that_changed(tmp_path) -> None:
     common = ["--output-dir", str(tmp_path), "--wandb", "disabled", "-q", "--epochs", "1"]
     invoke("teach", "--name", "t", *common)

@@ -112,6 +112,22 @@ def test_teacher_free_loss_is_cross_entropy_with_label_smoothing(logits) -> None
     assert parts["soft"].item() == 0.0
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_label_smoothing_changes_the_hard_term_only(logits, alpha: float) -> None:
+    """With a teacher: hard = (1 - e) * -log p_y + e * mean_k(-log p_k), batch mean, in
+    float64 by hand; the soft term is the one without smoothing."""
+    s, t, y = logits
+    eps = 0.2
+    log_p = s.double().log_softmax(1)
+    hard = ((1 - eps) * -log_p.gather(1, y[:, None])[:, 0] + eps * -log_p.mean(1)).mean()
+    _, soft, _ = reference_loss(s, t, y, 4.0, alpha)
+    parts = distillation_loss(s, t, y, T=4.0, alpha=alpha, label_smoothing=eps)
+    assert parts["hard"].item() == pytest.approx(hard.item(), rel=1e-6)
+    assert parts["soft"].item() == pytest.approx(soft, rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(alpha * soft + (1 - alpha) * hard.item(),
+                                                 rel=1e-5)
+
+
 def test_computed_in_float32_under_low_precision(logits) -> None:
     s, t, y = logits
     s16, t16 = s.bfloat16(), t.bfloat16()

@@ -20,11 +20,12 @@ from distill.sweep import aggregate, best_cell, read_results
 
 runner = CliRunner()
 
-# weight decay > 0, Lookahead on, a cosine schedule: what batched mode must reproduce
+# weight decay > 0, Lookahead on, a cosine schedule, label smoothing: what batched mode must
+# reproduce
 STUDENT = {"student.model.hidden_sizes": [16], "student.epochs": 3,
            "student.optim.name": "lookahead_adam", "student.optim.weight_decay": 0.01,
            "student.optim.la_k": 4, "student.optim.schedule": "cosine",
-           "student.optim.lr": 0.003}
+           "student.optim.lr": 0.003, "student.label_smoothing": 0.1}
 
 
 @pytest.fixture(scope="module")
