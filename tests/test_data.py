@@ -300,6 +300,23 @@ def test_start_skips_batches_for_resuming() -> None:
         assert torch.equal(ya, yb)
 
 
+def test_a_resumed_epoch_augments_each_batch_as_the_whole_epoch_did() -> None:
+    """The draws of batch b come from (data_seed, epoch, b), not from b's place after the
+    resume: batches 5.. are the same augmented images either way."""
+    from distill.augment import BatchAugment
+    from distill.recipe import AugmentConfig
+
+    gen = torch.Generator().manual_seed(0)
+    split = Split((torch.rand(100, 1, 6, 6, generator=gen) * 255).to(torch.uint8),
+                  torch.zeros(100, dtype=torch.long))
+    info = DataInfo("noise", (1, 6, 6), 1, ["0"], (0.0,), (1.0,))
+    augment = BatchAugment(AugmentConfig(jitter=2, flip=True))
+    full = collect(split, info, 8, data_seed=4, epoch=1, augment=augment)
+    resumed = collect(split, info, 8, data_seed=4, epoch=1, start=5, augment=augment)
+    for (xa, _), (xb, _) in zip(full[5:], resumed, strict=True):
+        assert torch.equal(xa, xb)
+
+
 # ----------------------------------------------------------------------------- normalisation
 
 def test_normalised_training_split_has_zero_mean_unit_std(digits) -> None:
