@@ -75,8 +75,9 @@ def test_a_resnet_block_adds_its_identity_shortcut() -> None:
 @pytest.mark.parametrize(("name", "mmacs"), [("resnet20", 40.81), ("resnet56", 125.75)])
 def test_resnet_stages_halve_the_map_and_cost_the_published_macs(name: str, mmacs: float
                                                                  ) -> None:
-    """He et al.'s CIFAR ResNets: stages at 32x32 (16 ch), 16x16 (32), 8x8 (64); 40.81M and
-    125.75M multiply-accumulates per 32x32 image (a wrong stride changes both)."""
+    """He et al.'s CIFAR ResNets: stages at 32x32 (16 ch), 16x16 (32), 8x8 (64), and the
+    commonly quoted 40.81M and 125.75M multiply-accumulates per 32x32 image (a wrong stride
+    changes both)."""
     from distill.metrics import profile_model
 
     model = build_model(name, (3, 32, 32), 10)
