@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distill.atomic import write_whole
 from distill.augment import BatchAugment, batch_seed
 from distill.errors import DataError, RecipeError
 from distill.imagefiles import ImageFiles, check_sizes, decode_image, size_mismatch
@@ -579,14 +580,11 @@ def store_cache_file(path: Path, write: Callable[[Path], None]) -> bool:
     which then replaces it (readers see the old file or the whole new one). A cache that
     cannot be written (read-only folder, full disk) is skipped, not an error: it is computed
     again next time. Returns whether it was written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
+        write_whole(path, write, hidden=True)
         return True
     except OSError:
-        tmp.unlink(missing_ok=True)
         return False
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from distill.atomic import write_whole
 from distill.errors import RecipeError
 
 
@@ -340,6 +340,5 @@ def _suggest(loc: list[str]) -> str:
 def dump_recipe(recipe: Recipe, path: Path) -> None:
     """Write the resolved recipe (every field, defaults included) as YAML, atomically (a
     sweep's processes all write its recipe.yaml; a reader sees one whole version)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-    os.replace(tmp, path)
+    text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    write_whole(path, lambda tmp: tmp.write_text(text))

@@ -7,7 +7,6 @@ window, so they work on headless machines.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 from rich.table import Table  # noqa: E402
+
+from distill.atomic import write_whole  # noqa: E402
 
 __all__ = ["comparison_table", "format_metric", "plot_confusion_matrix", "plot_learning_curves"]
 
@@ -100,12 +101,11 @@ def save_png(fig: plt.Figure, path: Path) -> Path:
     drawing the same plot into a shared sweep folder, never sees half a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight")
+        write_whole(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png",
+                                                  bbox_inches="tight"))
     finally:
         plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

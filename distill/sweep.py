@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
 import statistics
@@ -36,6 +35,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from distill.atomic import write_whole
 from distill.checkpoint import (LAST, LOCK, FileLock, changes_since, load_checkpoint,
                                take_lock)
 from distill.errors import DistillError, RecipeError
@@ -116,13 +116,15 @@ def cell_result(run: Path) -> dict[str, Any] | None:
 def write_results(sweep_dir: Path, cells: list[Cell]) -> list[dict[str, Any]]:
     """Collect the finished cells' rows into ``results.csv`` (in grid order)."""
     rows = [r for c in cells if (r := cell_result(sweep_dir / c.name)) is not None]
-    tmp = sweep_dir / f"{RESULTS}.{os.getpid()}.tmp"  # processes sharing the sweep write it too
-    with open(tmp, "w", newline="") as fh:
+    write_whole(sweep_dir / RESULTS, lambda tmp: _write_csv(tmp, rows))  # other processes too
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(sweep_dir / RESULTS)
-    return rows
 
 
 def read_results(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from distill.atomic import write_whole
 from distill.errors import DistillError
 from distill.recipe import WandbConfig
 
@@ -90,9 +91,8 @@ def environment(device: str) -> dict[str, Any]:
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a temporary file of this process's own, then rename), so
     readers and other writers of the same file see one whole version or another."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    write_whole(path, lambda tmp: tmp.write_text(text))
 
 
 class MetricsLog:
@@ -109,9 +109,8 @@ class MetricsLog:
     def truncate_after(self, epoch: int) -> None:
         """Drop records of epochs after ``epoch`` (logged after the checkpoint resumed from)."""
         kept = [r for r in self.read() if r.get("epoch", 0) <= epoch]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        write_whole(self.path, lambda tmp: tmp.write_text(text))
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
