@@ -218,6 +218,16 @@ def test_profile_linear_macs_and_params() -> None:
     assert prof["latency_ms_per_batch"] > 0 and math.isfinite(prof["latency_ms_per_batch"])
 
 
+def test_profile_times_forwards_at_the_reported_batch_size() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    seen: list[int] = []
+    model.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].shape[0]))
+    prof = profile_model(model, (1, 28, 28), batch_size=8, repeats=3)
+    # one [1, ...] forward counts the MACs, then a warm-up and 3 timed forwards at batch 8
+    assert seen == [1, 8, 8, 8, 8]
+    assert prof["latency_batch_size"] == 8
+
+
 def test_profile_counts_frozen_params_too() -> None:
     # a frozen teacher has no trainable parameters, but its size is what a report compares
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Linear(10, 5))
