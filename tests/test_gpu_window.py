@@ -1,0 +1,93 @@
+"""benchmarks/gpu_window.sh, the plan for a short GPU lease, run on the CPU on tiny data: the
+staging here and every step there, each leaving one archive of results without weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import yaml
+
+from test_data import fake_mnist
+from test_recipes_smoke import tiny_image_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_window.sh"
+
+
+def fake_shared_data(root: Path) -> Path:
+    """A folder shaped like ../shared/data: mnist/ (tiny IDX files) and cifar10-jpeg.tar.gz."""
+    data = root / "data"
+    fake_mnist(data, n_train=300, n_test=100)
+    images = tiny_image_folder(root / "images")
+    with tarfile.open(data / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(images / split, arcname=split)
+    return data
+
+
+def call(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def unpack(archive: Path, into: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        assert not [n for n in names if n.endswith((".pt", ".safetensors"))], names
+        tar.extractall(into, filter="data")
+    return into
+
+
+def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> None:
+    data = fake_shared_data(tmp_path / "shared")
+    stage, results = tmp_path / "stage", tmp_path / "results"
+    env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
+           "WHEELS": str(tmp_path / "no-wheels"),
+           "BENCH_ARGS": "--epochs 1 --subset 200 --test-subset 50 --val-size 10",
+           "EXTRA": "--epochs 1 --set data.subset=200 --set data.test_subset=50 "
+                    "--set teacher.batch_size=16 --set student.batch_size=16"}
+
+    assert "staged in" in call(env, "stage", str(data))
+    assert sorted(p.name for p in (stage / "data").iterdir()) == ["cifar10-jpeg.tar.gz", "mnist"]
+
+    call(env, "speed")
+    speed = unpack(results / "speed.tar.gz", tmp_path / "speed")
+    for name in ("speed-mnist", "speed-cifar"):
+        figures = json.loads((speed / f"{name}.json").read_text())
+        assert figures["results"]["reference"]["student_seconds"] > 0, figures
+        assert figures["results"]["pipeline"]["student_seconds"] > 0, figures
+    times = (speed / "times.txt").read_text()
+    assert "speed-mnist: exit 0" in times and "speed-cifar: exit 0" in times
+
+    call(env, "hinton")
+    hinton = unpack(results / "hinton.tar.gz", tmp_path / "hinton") / "runs"
+    assert sorted(p.name for p in hinton.iterdir() if p.is_dir()) == [
+        "mnist-baseline-s0", "mnist-distilled-val-s0", "mnist-teacher-s0"]
+    summaries = {p.name: json.loads((p / "summary.json").read_text())
+                 for p in hinton.iterdir() if p.is_dir()}
+    assert summaries["mnist-baseline-s0"]["kd"]["alpha"] == 0.0
+    assert summaries["mnist-distilled-val-s0"]["kd"] == {"T": 20.0, "alpha": 0.5}
+
+    env["EXTRA"] += " --set data.val_size=10"  # the CIFAR recipe holds 5000 out
+    call(env, "cifar", "1")
+    cifar = unpack(results / "cifar.tar.gz", tmp_path / "cifar") / "runs"
+    distilled = cifar / "cifar-students" / "cifar-distilled-T4-a0.5-s1"
+    assert json.loads((distilled / "summary.json").read_text())["kd"] == {"T": 4.0, "alpha": 0.5}
+    teacher = yaml.safe_load((cifar / "cifar-teachers" / "cifar-teacher-s1" / "recipe.yaml")
+                             .read_text())
+    assert teacher["seed"] == 1 and teacher["teacher"]["model"]["name"] == "resnet56"
+    assert (cifar / "cifar-students" / "cifar-baseline-s1" / "summary.json").is_file()
+
+
+def test_gpu_window_names_what_staging_needs(tmp_path) -> None:
+    done = subprocess.run(["bash", str(SCRIPT), "stage", str(tmp_path)], capture_output=True,
+                          text=True, env={**os.environ, "GPU_STAGE": str(tmp_path / "stage")})
+    assert done.returncode == 2
+    assert done.stdout.strip() == (f"stage: {tmp_path} needs mnist/ and cifar10-jpeg.tar.gz "
+                                   "(see its README)")
