@@ -109,15 +109,18 @@ def clean_stale(run_dir: Path) -> list[Path]:
     return stale
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``), with a clear error if it is bad."""
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``), with a clear error if it is bad.
+
+    ``mmap``: tensors are mapped from the file, read only when touched (for a caller that
+    wants the small entries of a large checkpoint)."""
     if not path.is_file():
         raise DistillError(f"{path}: no such checkpoint")
     if path.stat().st_size == 0:
         raise DistillError(f"{path}: the checkpoint is empty (a save was interrupted?); "
                            f"nothing to resume from it")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - truncated zips and refused pickles alike
         first = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise DistillError(f"{path}: the checkpoint cannot be loaded safely (truncated, "

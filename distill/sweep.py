@@ -285,7 +285,7 @@ def saved_chunks(sweep_dir: Path) -> dict[Path, list[str]]:
     chunks = {}
     for path in sorted(sweep_dir.glob("chunk-*.pt")):
         try:
-            chunks[path] = list(load_checkpoint(path)["cells"])
+            chunks[path] = list(load_checkpoint(path, mmap=True)["cells"])  # weights unread
         except DistillError:
             if path.exists():
                 raise

@@ -771,10 +771,10 @@ def test_a_chunk_file_removed_by_another_process_while_listed_is_skipped(tmp_pat
     for name in ("chunk-a.pt", "chunk-b.pt"):
         save_atomic({"format": FORMAT_VERSION, "cells": [name]}, tmp_path / name)
 
-    def finished_meanwhile(path):
+    def finished_meanwhile(path, **options):
         if path.name == "chunk-a.pt":
             path.unlink()  # the other process's chunk ended between glob and read
-        return real(path)
+        return real(path, **options)
 
     monkeypatch.setattr(sw, "load_checkpoint", finished_meanwhile)
     assert sw.saved_chunks(tmp_path) == {tmp_path / "chunk-b.pt": ["chunk-b.pt"]}
