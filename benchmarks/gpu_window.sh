@@ -9,7 +9,8 @@
 #   bash benchmarks/gpu_window.sh speed     training images/s, pipeline vs reference loop
 #                                           (MNIST and CIFAR ResNets; benchmarks/data_path.py)
 #   bash benchmarks/gpu_window.sh hinton    the full MNIST reproduction, one seed (teacher,
-#                                           baseline, distilled), timed end to end
+#                                           then baseline and distilled side by side),
+#                                           timed end to end
 #   bash benchmarks/gpu_window.sh cifar S   seed S of the CIFAR reproduction (teacher and
 #                                           baseline side by side, then the distilled student)
 # Every step runs on whatever device distill picks (the GPU there, the CPU in CI's smoke
@@ -80,7 +81,7 @@ case "$step" in
         timed speed-cifar python3 benchmarks/data_path.py "${cifar[@]}" --epochs 2 \
             --out "$work/speed-cifar.json" ${bench[@]+"${bench[@]}"} ;;
     hinton)
-        timed hinton env OUT="$work/runs" RECORD=0 STUDENTS="baseline distilled-val" \
+        timed hinton env OUT="$work/runs" RECORD=0 JOBS=2 STUDENTS="baseline distilled-val" \
             bash docs/results/mnist_hinton.sh "$stage/data" 0 ;;
     cifar)
         seed="${2:?usage: gpu_window.sh cifar <seed>}"
