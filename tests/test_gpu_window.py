@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -39,7 +40,7 @@ def call(env: dict[str, str], *args: str) -> str:
 def unpack(archive: Path, into: Path) -> Path:
     with tarfile.open(archive) as tar:
         names = tar.getnames()
-        assert not [n for n in names if n.endswith((".pt", ".safetensors"))], names
+        assert not [n for n in names if n.endswith((".pt", ".tmp"))], names  # no checkpoints
         tar.extractall(into, filter="data")
     return into
 
@@ -48,7 +49,7 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
     data = fake_shared_data(tmp_path / "shared")
     stage, results = tmp_path / "stage", tmp_path / "results"
     env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
-           "WHEELS": str(tmp_path / "no-wheels"),
+           "WHEELS": "none",  # this machine has pydantic
            "BENCH_ARGS": "--epochs 1 --subset 200 --test-subset 50 --val-size 10",
            "EXTRA": "--epochs 1 --set data.subset=200 --set data.test_subset=50 "
                     "--set teacher.batch_size=16 --set student.batch_size=16"}
@@ -66,7 +67,8 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
     assert "speed-mnist: exit 0" in times and "speed-cifar: exit 0" in times
 
     call(env, "hinton")
-    hinton = unpack(results / "hinton.tar.gz", tmp_path / "hinton") / "runs"
+    hinton = unpack(results / "hinton.tar.gz", tmp_path / "hinton") / "runs" / "mnist"
+    assert not list(hinton.rglob("*.safetensors"))  # MNIST weights would outgrow 16 MiB
     assert sorted(p.name for p in hinton.iterdir() if p.is_dir()) == [
         "mnist-baseline-s0", "mnist-distilled-val-s0", "mnist-teacher-s0"]
     summaries = {p.name: json.loads((p / "summary.json").read_text())
@@ -76,13 +78,29 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
 
     env["EXTRA"] += " --set data.val_size=10"  # the CIFAR recipe holds 5000 out
     call(env, "cifar", "1")
-    cifar = unpack(results / "cifar.tar.gz", tmp_path / "cifar") / "runs"
-    distilled = cifar / "cifar-students" / "cifar-distilled-T4-a0.5-s1"
+    archive = results / "cifar-s1.tar.gz"
+    cifar = unpack(archive, tmp_path / "cifar") / "runs" / "cifar"
+    teacher = cifar / "cifar-teachers" / "cifar-teacher-s1"
+    assert yaml.safe_load((teacher / "recipe.yaml").read_text())["seed"] == 1
+    assert (teacher / "model.safetensors").is_file()  # it can teach in the next call
+    students = cifar / "cifar-students"
+    assert (students / "cifar-baseline-s1" / "summary.json").is_file()
+    distilled = students / "cifar-distilled-T4-a0.5-s1"
     assert json.loads((distilled / "summary.json").read_text())["kd"] == {"T": 4.0, "alpha": 0.5}
-    teacher = yaml.safe_load((cifar / "cifar-teachers" / "cifar-teacher-s1" / "recipe.yaml")
-                             .read_text())
-    assert teacher["seed"] == 1 and teacher["teacher"]["model"]["name"] == "resnet56"
-    assert (cifar / "cifar-students" / "cifar-baseline-s1" / "summary.json").is_file()
+
+    # the next call, on a fresh machine: the archive unpacked into a fresh stage, the
+    # distilled student's run gone as if that call had run out of time before it
+    fresh = tmp_path / "fresh-stage"
+    shutil.copytree(stage / "data", fresh / "data", ignore=shutil.ignore_patterns("runs"))
+    unpack(archive, fresh)
+    shutil.rmtree(fresh / "runs" / "cifar" / "cifar-students" / "cifar-distilled-T4-a0.5-s1")
+    out = call({**env, "GPU_STAGE": str(fresh)}, "cifar", "1")
+    log = unpack(results / "cifar-s1.tar.gz", tmp_path / "again") / "cifar-s1.log"
+    assert "cifar-teacher-s1: finished earlier" in log.read_text(), out
+    assert "cifar-baseline-s1: finished earlier" in log.read_text()
+    again = json.loads((fresh / "runs" / "cifar" / "cifar-students" /
+                        "cifar-distilled-T4-a0.5-s1" / "summary.json").read_text())
+    assert again["teacher"]["location"] == str(fresh / "runs/cifar/cifar-teachers/cifar-teacher-s1")
 
 
 def test_gpu_window_names_what_staging_needs(tmp_path) -> None:
