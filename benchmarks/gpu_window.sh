@@ -24,7 +24,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD" stage="${GPU_STAGE:-$PWD/.gpu}"  # GPU_STAGE: elsewhere (CI's smoke test)
-step="${1:?usage: gpu_window.sh stage [data folder] | speed | hinton | cifar <seed>}"
+usage="usage: gpu_window.sh stage [data folder] | speed | hinton | cifar <seed>"
+step="${1:?$usage}"
+case "$step" in
+    stage | speed | hinton | cifar) ;;
+    *) echo "unknown step '$step'; $usage"; exit 2 ;;
+esac
 
 if [ "$step" = stage ]; then
     data="${2:-${DISTILL_DATA_DIR:-../shared/data}}"
@@ -97,13 +102,12 @@ case "$step" in
             bash docs/results/mnist_hinton.sh "$stage/data" 0
         kept=(runs/mnist) ;;
     cifar)
-        seed="${2:?usage: gpu_window.sh cifar <seed>}"
+        seed="${2:?$usage}"
         step="cifar-s$seed"
         weights=()
         timed "$step" env OUT="$runs/cifar" RECORD=0 JOBS=2 T="${T:-4}" ALPHA="${ALPHA:-0.5}" \
             bash docs/results/cifar10_jpeg.sh "$images" "$seed"
         kept=(runs/cifar) ;;
-    *) echo "unknown step '$step': stage, speed, hinton or cifar <seed>"; exit 2 ;;
 esac
 # checkpoints (*.pt, and a save cut short: *.tmp) never; weights only of the CIFAR runs, so
 # that a teacher finished in one call teaches in the next (unpack the archive into .gpu/)

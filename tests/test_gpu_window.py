@@ -109,3 +109,12 @@ def test_gpu_window_names_what_staging_needs(tmp_path) -> None:
     assert done.returncode == 2
     assert done.stdout.strip() == (f"stage: {tmp_path} needs mnist/ and cifar10-jpeg.tar.gz "
                                    "(see its README)")
+
+
+def test_gpu_window_refuses_an_unknown_step_before_any_set_up(tmp_path) -> None:
+    done = subprocess.run(["bash", str(SCRIPT), "sped"], capture_output=True, text=True,
+                          env={**os.environ, "GPU_STAGE": str(tmp_path / "stage")})
+    assert done.returncode == 2
+    assert done.stdout.strip() == ("unknown step 'sped'; usage: gpu_window.sh stage [data "
+                                   "folder] | speed | hinton | cifar <seed>")
+    assert not (tmp_path / "stage").exists()
