@@ -60,12 +60,16 @@ if ! python3 -c "import pydantic" 2> /dev/null; then  # the device has none: the
         "$stage"/whl/*.whl
     export PYTHONPATH="$tools/site:$PYTHONPATH"
 fi
+mkdir -p "$tools/bin"
+export PATH="$tools/bin:$PATH"
 if ! command -v distill > /dev/null; then  # not pip-installed there
-    mkdir -p "$tools/bin"
     printf '#!/bin/sh\nexec python3 -m distill "$@"\n' > "$tools/bin/distill"
     chmod +x "$tools/bin/distill"
-    export PATH="$tools/bin:$PATH"
 fi
+# the reproduction scripts call `python`: the python3 found above (a wrapper, not a link: a
+# link would lose a virtual environment's packages)
+printf '#!/bin/sh\nexec "%s" "$@"\n' "$(command -v python3)" > "$tools/bin/python"
+chmod +x "$tools/bin/python"
 images="$tools/cifar10-jpeg"
 mkdir -p "$images"
 tar xzf "$stage/data/cifar10-jpeg.tar.gz" -C "$images"
@@ -104,15 +108,15 @@ case "$step" in
     cifar)
         seed="${2:?$usage}"
         step="cifar-s$seed"
-        weights=()
+        weights=(--exclude=best.safetensors --exclude='*cifar-students*.safetensors')
         timed "$step" env OUT="$runs/cifar" RECORD=0 JOBS=2 T="${T:-4}" ALPHA="${ALPHA:-0.5}" \
             bash docs/results/cifar10_jpeg.sh "$images" "$seed"
         kept=(runs/cifar) ;;
 esac
-# checkpoints (*.pt, and a save cut short: *.tmp) never; weights only of the CIFAR runs, so
-# that a teacher finished in one call teaches in the next (unpack the archive into .gpu/)
-archive=(--exclude=wandb --exclude='*.pt' --exclude='*.tmp' ${weights[@]+"${weights[@]}"}
-         -C "$work" .)
+# checkpoints (*.pt, and a save cut short: *.tmp) never; weights only of the CIFAR teachers,
+# so that a teacher finished in one call teaches in the next (unpack the archive into .gpu/)
+archive=(--exclude=wandb --exclude=teacher-logits --exclude='*.pt' --exclude='*.tmp'
+         ${weights[@]+"${weights[@]}"} -C "$work" .)
 if [ ${#kept[@]} -gt 0 ]; then archive+=(-C "$stage" "${kept[@]}"); fi
 tar czf "$results/$step.tar.gz" "${archive[@]}"
 echo "results: $results/$step.tar.gz ($(du -k "$results/$step.tar.gz" | cut -f1) KB)"

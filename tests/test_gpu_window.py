@@ -1,5 +1,6 @@
 """benchmarks/gpu_window.sh, the plan for a short GPU lease, run on the CPU on tiny data: the
-staging here and every step there, each leaving one archive of results without weights."""
+staging here and every step there (with a python3 that, like the GPU machine's, lacks the
+distill package), each leaving one archive of results without checkpoints."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 
@@ -30,6 +33,23 @@ def fake_shared_data(root: Path) -> Path:
     return data
 
 
+def device_like_path(root: Path) -> str:
+    """A PATH like the GPU machine's: its python3 has this interpreter's packages (torch,
+    pydantic, ...) but not the distill package, and there is no `distill` or `python`."""
+    venv = root / "bare-python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    paths = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    # a path a .pth file adds is not a site folder: the editable install's hook stays unread
+    site = next((venv / "lib").glob("python*/site-packages"))
+    (site / "outer.pth").write_text("\n".join(sorted(paths)) + "\n")
+    (venv / "bin" / "python").unlink()
+    bare = f"{venv / 'bin'}:/usr/bin:/bin"
+    probe = subprocess.run(["python3", "-c", "import torch, pydantic, distill"], cwd=root,
+                           env={"PATH": bare}, capture_output=True, text=True)
+    assert "No module named 'distill'" in probe.stderr, probe.stderr
+    return bare
+
+
 def call(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
                           timeout=900)
@@ -49,6 +69,7 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
     data = fake_shared_data(tmp_path / "shared")
     stage, results = tmp_path / "stage", tmp_path / "results"
     env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
+           "PATH": device_like_path(tmp_path),
            "WHEELS": "none",  # this machine has pydantic
            "BENCH_ARGS": "--epochs 1 --subset 200 --test-subset 50 --val-size 10",
            "EXTRA": "--epochs 1 --set data.subset=200 --set data.test_subset=50 "
@@ -83,21 +104,25 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
     teacher = cifar / "cifar-teachers" / "cifar-teacher-s1"
     assert yaml.safe_load((teacher / "recipe.yaml").read_text())["seed"] == 1
     assert (teacher / "model.safetensors").is_file()  # it can teach in the next call
+    assert [p.name for p in cifar.rglob("*.safetensors")] == ["model.safetensors"]
     students = cifar / "cifar-students"
     assert (students / "cifar-baseline-s1" / "summary.json").is_file()
     distilled = students / "cifar-distilled-T4-a0.5-s1"
     assert json.loads((distilled / "summary.json").read_text())["kd"] == {"T": 4.0, "alpha": 0.5}
 
-    # the next call, on a fresh machine: the archive unpacked into a fresh stage, the
-    # distilled student's run gone as if that call had run out of time before it
+    # the next call, on a fresh machine: the archive unpacked into a fresh stage, with the
+    # distilled student unfinished as if the call had run out of time while it trained (its
+    # checkpoints never come back, so it starts again)
     fresh = tmp_path / "fresh-stage"
-    shutil.copytree(stage / "data", fresh / "data", ignore=shutil.ignore_patterns("runs"))
+    shutil.copytree(stage / "data", fresh / "data")
     unpack(archive, fresh)
-    shutil.rmtree(fresh / "runs" / "cifar" / "cifar-students" / "cifar-distilled-T4-a0.5-s1")
+    (fresh / "runs/cifar/cifar-students/cifar-distilled-T4-a0.5-s1/summary.json").unlink()
     out = call({**env, "GPU_STAGE": str(fresh)}, "cifar", "1")
-    log = unpack(results / "cifar-s1.tar.gz", tmp_path / "again") / "cifar-s1.log"
-    assert "cifar-teacher-s1: finished earlier" in log.read_text(), out
-    assert "cifar-baseline-s1: finished earlier" in log.read_text()
+    log = (unpack(results / "cifar-s1.tar.gz", tmp_path / "again") / "cifar-s1.log").read_text()
+    assert "cifar-teacher-s1: finished earlier" in log, out
+    assert "cifar-baseline-s1: finished earlier" in log
+    assert ("cifar-distilled-T4-a0.5-s1: stopped before its first checkpoint, starting again"
+            in log)
     again = json.loads((fresh / "runs" / "cifar" / "cifar-students" /
                         "cifar-distilled-T4-a0.5-s1" / "summary.json").read_text())
     assert again["teacher"]["location"] == str(fresh / "runs/cifar/cifar-teachers/cifar-teacher-s1")
