@@ -427,10 +427,12 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
         with claimed(sweep_dir, chunk, console, chunk=interrupted) as mine:
             if interrupted and not chunk_path(sweep_dir, [c.name for c in chunk]).is_file():
                 # another process finished it between the listing and the claim
-                interrupted, mine = False, [c for c in mine if not finished(sweep_dir, c.name)]
+                interrupted = False
+                mine.give_back([c for c in mine if finished(sweep_dir, c.name)])
             if not interrupted:
-                alone += [c for c in mine if (sweep_dir / c.name / LAST).is_file()]
-                mine = [c for c in mine if c not in alone]
+                started = [c for c in mine if (sweep_dir / c.name / LAST).is_file()]
+                mine.give_back(started)  # free for another process while this chunk trains
+                alone += started
             if mine:
                 _train_chunk(base, common, mine, number, sweep_dir, data, teacher, source,
                              console, looped, teacher_eval)

@@ -301,9 +301,25 @@ def finished(sweep_dir: Path, name: str) -> bool:
     return (sweep_dir / name / "summary.json").is_file()
 
 
+class Claimed(list):
+    """The cells a process holds (a list of :class:`Cell`), each under its claim lock until
+    the ``claimed`` block ends or :meth:`give_back` lets it go earlier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.locks: dict[str, FileLock] = {}  # cell name -> its claim lock
+
+    def give_back(self, cells: list[Cell]) -> None:
+        """Release the claims of ``cells`` now and drop them from this list, so another
+        process may take them while this one goes on with the rest."""
+        for cell in cells:
+            self.locks.pop(cell.name).release()
+            self.remove(cell)
+
+
 @contextmanager
 def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
-            chunk: bool = False) -> Iterator[list[Cell]]:
+            chunk: bool = False) -> Iterator[Claimed]:
     """The cells of ``cells`` that this process trains now, each claimed until the block
     ends. A cell claimed by another process is left to it, and one that was finished
     meanwhile is dropped. A claimed cell's folder that holds nothing to continue from (started,
@@ -311,8 +327,7 @@ def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
     ``chunk`` (an interrupted batched chunk, which continues whole): all of ``cells``,
     finished ones included, or none; the claims are taken in order and the first one held
     elsewhere stops them, so of several processes the one with the first cell gets all."""
-    locks: list[FileLock] = []
-    mine = []
+    mine = Claimed()
     try:
         for cell in cells:
             lock = take_lock(sweep_dir / f".claim-{cell.name}")
@@ -320,14 +335,12 @@ def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
                 console.print(f"  {cell.name}: another process is training it; left to it",
                               markup=False, soft_wrap=True)
                 if chunk:  # give back what was taken, at once
-                    for taken in locks:
-                        taken.release()
-                    locks, mine = [], []
+                    mine.give_back(list(mine))
                     break
                 continue
-            locks.append(lock)
-            if chunk or not finished(sweep_dir, cell.name):
-                mine.append(cell)
+            mine.locks[cell.name] = lock
+            mine.append(cell)
+        mine.give_back([c for c in mine if not chunk and finished(sweep_dir, c.name)])
         chunked = chunked_cells(sweep_dir) if mine else set()
         for cell in list(mine):
             run = sweep_dir / cell.name
@@ -336,10 +349,12 @@ def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
                     and not _remove_unlocked(run)):
                 console.print(f"  {cell.name}: a process outside this sweep trains in its "
                               "folder; left to it", markup=False, soft_wrap=True)
-                mine = [] if chunk else [c for c in mine if c is not cell]
+                mine.give_back(list(mine) if chunk else [cell])
+                if chunk:
+                    break
         yield mine
     finally:
-        for lock in locks:
+        for lock in mine.locks.values():
             lock.release()
 
 

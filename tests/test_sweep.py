@@ -862,6 +862,56 @@ def test_a_chunk_finished_by_another_process_after_this_one_listed_it_is_left_fi
     assert len(read_results(sweep)) == 2
 
 
+def test_a_cell_another_process_started_alone_is_not_held_while_this_chunk_trains(
+        tmp_path, teacher, monkeypatch) -> None:
+    """Between this process's listing and its claim of a fresh chunk, another process starts
+    one of the chunk's cells alone and is stopped after its first checkpoint. That cell
+    leaves the chunk to be resumed alone, and its claim is given back before the chunk
+    trains, so a third process could resume it meanwhile (before, this process held it for
+    the whole chunk); here nobody does, so this process resumes it after the chunk."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import distill.batched as batched
+    from distill.checkpoint import KILL_AFTER_SAVE_ENV, LAST, take_lock
+
+    sweep, cell = tmp_path / "freed", "T4-a0.5-s0"
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in STUDENT.items()]
+    args = ["sweep", "--T", "2,4", "--alpha", "0.5", "--seeds", "0", "--teacher", str(teacher),
+            "--mode", "batched", "--wandb", "disabled", "--output-dir", str(tmp_path),
+            "--name", "freed", *sets]
+    peer = ["student", "--T", "4", "--alpha", "0.5", "--seed", "0", "--teacher", str(teacher),
+            "--wandb", "disabled", "-q", "--output-dir", str(sweep), "--name", cell, *sets]
+    real_claimed, real_chunk, held = batched.claimed, batched._train_chunk, []
+
+    def peer_starts_it_first(sweep_dir, cells, console, chunk=False):
+        if not chunk and not (sweep / cell).exists():
+            stopped = subprocess.run([sys.executable, "-m", "distill", *peer],
+                                     capture_output=True, text=True,
+                                     env={**os.environ, KILL_AFTER_SAVE_ENV: "1"})
+            assert stopped.returncode == -signal.SIGKILL, stopped.stderr
+            assert (sweep / cell / LAST).is_file()
+        return real_claimed(sweep_dir, cells, console, chunk=chunk)
+
+    def chunk_checks_the_claim(base, common, chunk, *rest, **kw):
+        lock = take_lock(sweep / f".claim-{cell}")
+        held.append(([c.name for c in chunk], lock is None))
+        if lock is not None:
+            lock.release()
+        return real_chunk(base, common, chunk, *rest, **kw)
+
+    monkeypatch.setattr(batched, "claimed", peer_starts_it_first)
+    monkeypatch.setattr(batched, "_train_chunk", chunk_checks_the_claim)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert held == [(["T2-a0.5-s0"], False)]  # the chunk without the cell, its claim free
+    assert [r["run"] for r in read_results(sweep)] == ["T2-a0.5-s0", cell]
+    metrics = (sweep / cell / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in metrics] == [1, 2, 3]  # resumed, not restarted
+
+
 def test_a_results_write_waiting_on_a_stopped_peer_says_so_then_goes_on(tmp_path) -> None:
     """results.csv is rewritten under a lock; a peer that holds it for long (stopped while
     writing) makes the wait say so once, and the write goes ahead when the peer lets go."""
