@@ -340,7 +340,8 @@ def claimed(sweep_dir: Path, cells: list[Cell], console: Console,
                 continue
             mine.locks[cell.name] = lock
             mine.append(cell)
-        mine.give_back([c for c in mine if not chunk and finished(sweep_dir, c.name)])
+        if not chunk:
+            mine.give_back([c for c in mine if finished(sweep_dir, c.name)])
         chunked = chunked_cells(sweep_dir) if mine else set()
         for cell in list(mine):
             run = sweep_dir / cell.name
