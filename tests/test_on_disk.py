@@ -65,9 +65,17 @@ def test_on_disk_batches_equal_in_memory_batches(tmp_path: Path, capfd) -> None:
     assert "Warning" not in capfd.readouterr().err  # workers print nothing either
 
 
-def test_teacher_and_student_trained_from_disk_equal_in_memory_runs(tmp_path: Path) -> None:
+def test_teacher_and_student_trained_from_disk_equal_in_memory_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = noisy_image_folder(tmp_path / "f")
-    weights = {}
+    weights, served = {}, []
+
+    def spy(cfg: DataConfig) -> data_module.DataBundle:  # which path each run really took
+        bundle = load_data(cfg)
+        served.append(bundle.train.on_disk)
+        return bundle
+
+    monkeypatch.setattr(api, "load_data", spy)
     for in_memory in (True, False):
         common = {"data.name": f"imagefolder:{root}", "data.in_memory": in_memory,
                   "data.val_size": 5, "output_dir": str(tmp_path / f"out-{in_memory}"),
@@ -80,6 +88,7 @@ def test_teacher_and_student_trained_from_disk_equal_in_memory_runs(tmp_path: Pa
         weights[in_memory] = [load_file(str(r.run_dir / "model.safetensors")) for r in (t, s)]
         summary = json.loads((s.run_dir / "summary.json").read_text())
         assert summary["test"]["n"] == 12
+    assert served == [False, False, True, True]  # teacher, student in memory; then from disk
     for mem, disk in zip(weights[True], weights[False]):
         assert mem.keys() == disk.keys()
         for k in mem:

@@ -302,14 +302,23 @@ def test_non_finite_loss_stops_with_the_step_and_a_hint(tmp_path) -> None:
     assert not (tmp_path / "nan" / LAST).exists()
 
 
-def test_deterministic_runs_are_bitwise_equal(tmp_path) -> None:
+def test_deterministic_runs_are_bitwise_equal(tmp_path, monkeypatch) -> None:
+    """Two CPU runs would be equal anyway: what is checked too is that the run switched on
+    every setting a GPU run needs to repeat itself (deterministic kernels, cuDNN, cuBLAS)."""
+    cudnn = torch.backends.cudnn
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = False, True
     try:
         for name in ("a", "b"):
             api.teach(overrides={"teacher.epochs": 1, "output_dir": str(tmp_path),
                                  "deterministic": True}, name=name, quiet=True)
         assert torch.are_deterministic_algorithms_enabled()
+        assert (cudnn.deterministic, cudnn.benchmark) == (True, False)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         torch.use_deterministic_algorithms(False)
+        cudnn.deterministic, cudnn.benchmark = before
     wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

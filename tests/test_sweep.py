@@ -48,7 +48,8 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 def close(a: Path, b: Path, atol: float = 1e-5) -> bool:
     wa, wb = weights(a), weights(b)
-    return all(torch.allclose(wa[k].float(), wb[k].float(), atol=atol, rtol=0) for k in wa)
+    return wa.keys() == wb.keys() and all(
+        torch.allclose(wa[k].float(), wb[k].float(), atol=atol, rtol=0) for k in wa)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,7 @@ def test_a_batched_student_equals_the_same_student_trained_alone(tmp_path, teach
     # the metrics agree too (apart from timing)
     a = [json.loads(x) for x in (batched / "T4-a0.5-s1" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b):
         assert ra["val_accuracy"] == pytest.approx(rb["val_accuracy"], abs=1e-6)
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
@@ -118,10 +120,16 @@ def test_sweep_folder_results_and_report(batched, teacher) -> None:
     assert {(r["T"], r["alpha"], r["seed"]) for r in rows} == {
         (T, a, s) for T in (2.0, 4.0) for a in (0.0, 0.5) for s in (0, 1)}
     for r in rows:
-        summary = json.loads((batched / r["run"] / "summary.json").read_text())
+        assert r["run"] == f"T{r['T']:g}-a{r['alpha']:g}-s{r['seed']}"
+        run = batched / r["run"]
+        summary = json.loads((run / "summary.json").read_text())
         assert r["test_accuracy"] == summary["test"]["accuracy"]
         assert summary["teacher"]["location"] == str(teacher)
-        assert summary["kd"] == {"T": r["T"], "alpha": r["alpha"]}
+        # each cell's own folder holds its own settings, as written by the run itself
+        resolved = yaml.safe_load((run / "recipe.yaml").read_text())
+        assert (resolved["student"]["T"], resolved["student"]["alpha"], resolved["seed"]) == (
+            r["T"], r["alpha"], r["seed"])
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     for plot in ("heatmap.png", "val_curves.png"):
         assert (batched / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = runner.invoke(app, ["report", str(batched)])
