@@ -207,6 +207,7 @@ def test_bad_grid_values_are_one_line_errors() -> None:
     assert result.stderr.strip() == ("error: --T '2,x': expected comma-separated numbers, "
                                      "e.g. --T 1,2,4")
     result = runner.invoke(app, ["sweep", "--alpha", "0.5,1.5", "--wandb", "disabled"])
+    assert result.exit_code == 2
     assert result.stderr.strip() == "error: --alpha: every alpha must lie in [0, 1], got 1.5"
 
 
