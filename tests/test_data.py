@@ -442,6 +442,11 @@ def test_fake_mnist_loads(tmp_path: Path) -> None:
     # train + val are the train file, split without reordering inside either side
     both = torch.cat([bundle.train.images, bundle.val.images])[:, 0].numpy()
     assert sorted(map(bytes, both)) == sorted(map(bytes, arrays["train_images"]))
+    position = {bytes(image): i for i, image in enumerate(arrays["train_images"])}
+    assert len(position) == 50  # every image differs, so each has one place in the file
+    for side in (bundle.train, bundle.val):
+        places = [position[bytes(image)] for image in side.images[:, 0].numpy()]
+        assert places == sorted(places)
     # statistics come from the whole training file
     expected_mean = arrays["train_images"].astype(np.float64).mean() / 255
     assert bundle.info.mean[0] == pytest.approx(expected_mean, rel=1e-5)

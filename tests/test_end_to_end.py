@@ -88,6 +88,34 @@ def test_soft_targets_alone_teach_the_student(runs) -> None:
     assert s["test"]["accuracy"] >= 0.85
 
 
+@pytest.mark.parametrize("alpha", [1.0, 0.9])
+def test_with_alpha_1_the_training_labels_never_reach_the_weights(runs, tmp_path, monkeypatch,
+                                                                   alpha) -> None:
+    """Shuffling the training labels leaves an alpha = 1 student the same, weight for weight;
+    the control: at alpha 0.9 the shuffle changes the student (so it did reach training)."""
+    from distill import api
+    from distill.data import load_data
+
+    def shuffled_labels(cfg):
+        bundle = load_data(cfg)
+        order = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(0))
+        bundle.train.labels = bundle.train.labels[order]
+        return bundle
+
+    def student(name: str) -> dict[str, torch.Tensor]:
+        run = api.student(overrides={"student.teacher": str(runs["teacher"]), "student.T": 4.0,
+                                     "student.alpha": alpha, "student.epochs": 3,
+                                     "output_dir": str(tmp_path)},
+                          name=name, quiet=True, wandb="disabled").run_dir
+        return load_file(str(run / "model.safetensors"))
+
+    plain = student("plain")
+    monkeypatch.setattr(api, "load_data", shuffled_labels)
+    shuffled = student("shuffled")
+    same = all(torch.equal(plain[k], shuffled[k]) for k in plain)
+    assert same == (alpha == 1.0)
+
+
 def test_best_on_validation_is_recorded_but_test_is_the_last_epoch(runs) -> None:
     s = summary(runs["student"])
     best = s["best_on_val"]
@@ -105,17 +133,24 @@ def test_best_on_validation_is_recorded_but_test_is_the_last_epoch(runs) -> None
     recipe = load_recipe(str(runs["student"] / "recipe.yaml"))
     data = load_data(recipe.data)
     cfg = recipe.student
-    accuracy = {}
+    accuracy, test_logits = {}, {}
     for weights in ("best", "model"):
         model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
                             **cfg.model.build_options())
         model.load_state_dict(load_file(str(runs["student"] / f"{weights}.safetensors")))
         hits = predict(model, data.val, data.info).argmax(1) == data.val.labels
         accuracy[weights] = hits.float().mean().item()
+        test_logits[weights] = predict(model, data.test, data.info)
     assert accuracy["best"] == pytest.approx(best["val_accuracy"], abs=1e-6)
     assert accuracy["model"] == pytest.approx(lines[-1]["val_accuracy"], abs=1e-6)
     if best["val_accuracy"] > lines[-1]["val_accuracy"]:
         assert accuracy["best"] > accuracy["model"]
+    # the test figures are the last epoch's weights (model.safetensors), not the best's (the
+    # NLL tells them apart where their accuracies happen to tie)
+    nll = {w: torch.nn.functional.cross_entropy(logits.float(), data.test.labels).item()
+           for w, logits in test_logits.items()}
+    assert nll["best"] != pytest.approx(nll["model"], abs=1e-4)
+    assert s["test"]["nll"] == pytest.approx(nll["model"], abs=1e-5)
 
 
 def test_the_best_weights_are_a_copy_that_later_training_does_not_change() -> None:

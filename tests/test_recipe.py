@@ -20,7 +20,7 @@ from distill.recipe import (
     shipped_recipes,
 )
 
-SHIPPED = ["cifar10_resnet", "digits", "mnist_hinton"]
+SHIPPED = ["cifar10_jpeg_resnet", "cifar10_resnet", "digits", "mnist_hinton"]
 
 
 @pytest.fixture(autouse=True)
@@ -107,6 +107,7 @@ def test_dump_and_reload_round_trip(tmp_path: Path) -> None:
 
 def test_shipped_recipe_names() -> None:
     found = shipped_recipes()
+    assert sorted(found) == SHIPPED
     for name in SHIPPED:
         assert name in found
         assert found[name].is_file()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -54,7 +57,13 @@ def _texts(ax) -> list[str]:
 
 
 def test_backend_is_agg() -> None:
+    """Plots go to files, never to a window: Agg, even where the environment names another
+    backend (a headless machine would pick Agg by itself, so that alone proves nothing)."""
     assert matplotlib.get_backend().lower() == "agg"
+    code = "import distill.report, matplotlib; print(matplotlib.get_backend())"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "MPLBACKEND": "svg"}, timeout=120)
+    assert shown.stdout.strip().lower() == "agg", shown.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------------------
