@@ -1,8 +1,9 @@
 """torchrun on CPU (gloo, 2 processes): one run folder, weights equal to one process with the
 same global batch, checkpoints that resume under DDP and in a single process.
 
-Digits has 1293 training images: 20 batches of 64 and a last one of 13, which the two ranks
-split 7 + 6, so the loss scaling of unequal shards is exercised too. Dropout is off (each
+Digits with 145 validation images leaves 1293 training images: 20 batches of 64 and a last
+one of 13, which the two ranks split 7 + 6, so the loss scaling of unequal shards is
+exercised too (the default 144 would leave 14, split evenly). Dropout is off (each
 rank would draw its own masks), so the runs can be compared weight for weight.
 """
 
@@ -25,10 +26,12 @@ from distill.cli import app
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             "-m", "distill"]
 # checkpoints at steps 7 and 14 of each 21-step epoch, and at each epoch end
-TEACH = ["teach", "--epochs", "2", "--device", "cpu", "--wandb", "disabled", "-q",
+TEACH = ["teach", "--epochs", "2", "--val-size", "145", "--device", "cpu", "--wandb", "disabled",
+         "-q",
          "--checkpoint-every", "7", "--set", "teacher.model.dropout=0",
          "--set", "teacher.model.hidden_sizes=[64]"]
-STUDENT = ["student", "--epochs", "2", "--device", "cpu", "--wandb", "disabled", "-q"]
+STUDENT = ["student", "--epochs", "2", "--val-size", "145", "--device", "cpu", "--wandb",
+           "disabled", "-q"]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 
 
@@ -75,6 +78,7 @@ def test_torchrun_writes_one_run_folder(runs) -> None:
     assert json.loads((run / "environment.json").read_text())["world_size"] == 2
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test"]["n"] == 359  # every test image counted once
+    assert summary["data"]["train"] == 1293  # the last batch is 13: unequal shards
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(runs) -> None:
