@@ -191,20 +191,20 @@ def student(recipe: Optional[str] = RecipeOpt,
 @user_errors
 def sweep(recipe: Optional[str] = RecipeOpt,
           T: Optional[str] = typer.Option(None, "--T", help="Temperatures, comma-separated "
-                                          "[default: the recipe's sweep.T, 1,2,4,8,16]."),
+                                          "(default: the recipe's sweep.T, 1,2,4,8,16)."),
           alpha: Optional[str] = typer.Option(None, "--alpha", help="Soft-term weights in "
-                                              "[0, 1], comma-separated [default: the "
-                                              "recipe's sweep.alpha, 0.1,0.3,0.5,0.7,0.9]."),
+                                              "[0, 1], comma-separated (default: the "
+                                              "recipe's sweep.alpha, 0.1,0.3,0.5,0.7,0.9)."),
           seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, comma-separated, "
-                                              "each cell trained once per seed [default: the "
-                                              "recipe's sweep.seeds, 0]."),
+                                              "each cell trained once per seed (default: the "
+                                              "recipe's sweep.seeds, 0)."),
           mode: Optional[str] = typer.Option(None, "--mode", help="batched (students of a "
                                              "chunk trained together, one teacher forward per "
                                              "batch; on a CPU students over 100K parameters "
                                              "run looped, one after another), sequential, or "
                                              "auto (batched where it pays: not for such "
                                              "students whose teacher logits are cached) "
-                                             "[default: sweep.mode, auto]."),
+                                             "(default: sweep.mode, auto)."),
           chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Students per "
                                                    "batched chunk (default: as many as fit)."),
           teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher run folder "

@@ -239,6 +239,9 @@ def test_datasets_lists_the_loaders() -> None:
     ("teach", ["--recipe", "--set", "--dataset", "--model", "--epochs", "--wandb", "--debug"]),
     ("student", ["--recipe", "--T", "--alpha", "--teacher", "--baseline", "--set"]),
     ("eval", ["--baseline", "--json", "--device", "--debug", "A finished run folder"]),
+    # the grid's defaults (once lost: rich read "[default: ...]" as markup and dropped it)
+    ("sweep", ["--T", "--alpha", "--seeds", "--mode", "--chunk-size", "sweep.T, 1,2,4,8,16)",
+               "sweep.alpha, 0.1,0.3,0.5,0.7,0.9)", "sweep.seeds, 0)", "sweep.mode, auto)"]),
 ])
 def test_help_mentions_the_options(command: str, options: list[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
