@@ -404,6 +404,15 @@ def test_read_idx_truncated_gz_file(tmp_path: Path) -> None:
     assert "\n" not in msg
 
 
+def test_read_idx_truncated_header(tmp_path: Path) -> None:
+    path = tmp_path / "x-idx3-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x04\x00\x00")  # 3 dims, 1.5 given
+    with pytest.raises(DataError) as exc:
+        read_idx(path)
+    assert str(exc.value) == (f"{path}: the IDX header is truncated (10 bytes, needs 16); the "
+                              "file is truncated or corrupted, get it again")
+
+
 def test_read_idx_bad_header(tmp_path: Path) -> None:
     path = tmp_path / "bad-idx1-ubyte"
     path.write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x02ab")  # 0x0d: float data, not uint8
@@ -506,6 +515,32 @@ def test_mnist_missing_files_message(tmp_path: Path, monkeypatch: pytest.MonkeyP
         f"looked in: {empty}, {empty}/mnist, {empty}/MNIST/raw, {empty}/MNIST; "
         "download is off (data.download: false). Put the four official IDX files in a folder "
         "and pass --data-dir <folder> (or set DISTILL_DATA_DIR)")
+
+
+def test_mnist_missing_files_when_the_download_fails(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network: torchvision's download raises; the error says why, and where it looked."""
+    import urllib.error
+
+    import torchvision.datasets as tvd
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz") from (
+            urllib.error.URLError("[Errno -3] Temporary failure in name resolution"))
+
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(tvd, "MNIST", offline)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError) as exc:
+        load_data(DataConfig(name="mnist", data_dir=str(empty)))
+    assert str(exc.value) == (
+        "mnist: files not found (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]); "
+        f"looked in: {empty}, {empty}/mnist, {empty}/MNIST/raw, {empty}/MNIST; "
+        "download failed: Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno "
+        "-3] Temporary failure in name resolution>. Put the four official IDX files in a "
+        "folder and pass --data-dir <folder> (or set DISTILL_DATA_DIR)")
 
 
 def test_mnist_missing_files_without_data_dir_looks_in_data(

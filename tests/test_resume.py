@@ -159,6 +159,9 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, referen
     assert (run / (LAST + ".tmp")).is_file()  # the interrupted write
     previous = load_checkpoint(run / LAST)  # the one before it still loads
     assert previous["state"]["step"] == 10
+    # a leftover that no later save of this run writes over: only the start's clean-up
+    # removes it (the interrupted checkpoint-last.pt.tmp is replaced by the next save anyway)
+    (run / "best.safetensors.tmp").write_bytes(b"cut short")
     resume(run)
     assert not list(run.glob("*.tmp"))  # cleaned up at the next start
     assert_same_run(run, reference)
@@ -321,6 +324,19 @@ def test_deterministic_runs_are_bitwise_equal(tmp_path, monkeypatch) -> None:
         cudnn.deterministic, cudnn.benchmark = before
     wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_the_deterministic_flag_reaches_the_run(tmp_path) -> None:
+    """`--deterministic` on the command line, not only the recipe field, switches it on."""
+    try:
+        result = runner.invoke(app, ["teach", "--epochs", "1", "--deterministic", "-q",
+                                     "--output-dir", str(tmp_path), "--name", "d",
+                                     "--wandb", "disabled"])
+        assert result.exit_code == 0, result.output
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert "deterministic: true" in (tmp_path / "d" / "recipe.yaml").read_text().splitlines()
 
 
 def test_resuming_a_student_whose_teacher_changed_is_refused(tmp_path) -> None:

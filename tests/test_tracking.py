@@ -145,12 +145,14 @@ def test_runs_without_wandb_installed_when_tracking_is_off(tmp_path) -> None:
     hide.mkdir(parents=True)
     (hide / "__init__.py").write_text("raise ImportError('wandb hidden by the test')\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "hide")}
+    out = tmp_path / "tracked"
     bad = subprocess.run([sys.executable, "-m", "distill", "teach", "--epochs", "1",
-                          "--output-dir", str(tmp_path), "--wandb", "offline", "-q"],
+                          "--output-dir", str(out), "--wandb", "offline", "-q"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("error: wandb is not installed; install it (pip install "
                                   "wandb) or run with --wandb disabled")
+    assert not out.exists() or not any(out.iterdir())  # refused before any run folder
 
 
 def test_run_dirs_are_unique_and_never_reused(tmp_path) -> None:
