@@ -30,8 +30,7 @@ TEACH = ["teach", "--epochs", "2", "--val-size", "145", "--device", "cpu", "--wa
          "-q",
          "--checkpoint-every", "7", "--set", "teacher.model.dropout=0",
          "--set", "teacher.model.hidden_sizes=[64]"]
-STUDENT = ["student", "--epochs", "2", "--val-size", "145", "--device", "cpu", "--wandb",
-           "disabled", "-q"]
+STUDENT = ["student", "--epochs", "2", "--device", "cpu", "--wandb", "disabled", "-q"]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 
 
@@ -97,7 +96,7 @@ def test_a_student_under_torchrun_equals_one_process(runs) -> None:
     scaling then doubles each rank's gradient)."""
     out = runs["out"]
     teacher = str(runs["one"])
-    sgd = ["--teacher", teacher, "--set", "student.optim.name=momentum",
+    sgd = ["--teacher", teacher, "--val-size", "145", "--set", "student.optim.name=momentum",
            "--set", "student.optim.lr=0.05"]
     ddp = torchrun(*STUDENT, *sgd, "--output-dir", str(out / "sd"), "--name", "s")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
