@@ -59,14 +59,24 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    source = Path(__file__).resolve().parent.parent
+def _git(source: Path, *args: str) -> str | None:
+    """``git -C source args`` output, or None where git or the repository is missing."""
     try:
-        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+        out = subprocess.run(["git", "-C", str(source), *args], capture_output=True,
                              text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state(source: Path) -> dict[str, Any]:
+    """The commit a run's code came from, and whether tracked files differed from it
+    (``git_dirty``): a commit alone does not rebuild a run made from an edited working tree.
+    Both None outside a git checkout (an installed wheel)."""
+    commit = (_git(source, "rev-parse", "HEAD") or "").strip() or None
+    status = _git(source, "status", "--porcelain", "--untracked-files=no")
+    dirty = None if commit is None or status is None else bool(status.strip())
+    return {"git_commit": commit, "git_dirty": dirty}
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -77,7 +87,7 @@ def environment(device: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": {p: _version(p) for p in ("distill", "torch", "torchvision", "timm", "wandb")},
-        "git_commit": _git_commit(),
+        **git_state(Path(__file__).resolve().parent.parent),
         "device": device,
         "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),

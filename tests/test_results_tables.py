@@ -134,3 +134,31 @@ def test_accuracy_tables_show_each_seed_to_two_decimals(tmp_path) -> None:
     block = r.tables(store, md)
     assert ("| teacher | 87.41 ± 0.13 (n=2) | s0: 87.32, s1: 87.50 | ~93 (original images) |"
             in block)
+
+
+def test_a_record_keeps_the_resolved_recipe_the_tree_state_and_the_epochs(tmp_path) -> None:
+    """A command that leans on recipe defaults does not rebuild a run once the recipe file
+    changes, nor does a commit when the tree was edited: the record keeps the run's resolved
+    recipe and git_dirty, and its per-epoch metrics go to a CSV beside it that the tables skip."""
+    r = results_module()
+    store = tmp_path / "results"
+    run = fake_run(tmp_path / "runs", "teacher-0", 0, 70,
+                   env={"device": "cpu", "cpu_count": 2, "git_commit": "abc", "git_dirty": True})
+    (run / "recipe.yaml").write_text("name: mnist-hinton\nteacher:\n  optim: {lr: 0.02}\n")
+    (run / "metrics.jsonl").write_text(
+        json.dumps({"epoch": 1, "train_loss": 0.5, "epoch_seconds": 20.25}) + "\n"
+        + json.dumps({"epoch": 2, "train_loss": 0.25, "val_accuracy": 0.9,
+                      "epoch_seconds": 19.5}) + "\n")
+    out = r.add(run, "mnist_hinton", "teacher", "distill teach ...", store)
+    record = json.loads(out.read_text())
+    assert record["recipe"] == {"name": "mnist-hinton", "teacher": {"optim": {"lr": 0.02}}}
+    assert (record["git_commit"], record["git_dirty"]) == ("abc", True)
+    epochs = (store / "mnist_hinton" / "teacher-s0.epochs.csv").read_text().splitlines()
+    assert epochs == ["epoch,train_loss,epoch_seconds,val_accuracy",
+                      "1,0.5,20.25,", "2,0.25,19.5,0.9"]
+    assert [x["run"] for x in r.load(store)["mnist_hinton"]] == ["teacher-0"]
+    bare = fake_run(tmp_path / "runs", "teacher-1", 1, 72)  # no recipe.yaml, no metrics
+    record = json.loads(r.add(bare, "mnist_hinton", "teacher", "distill teach ...", store)
+                        .read_text())
+    assert record["recipe"] is None and record["git_dirty"] is None
+    assert not (store / "mnist_hinton" / "teacher-s1.epochs.csv").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.errors import DistillError
-from distill.tracking import create_run_dir, resolve_mode
+from distill.tracking import create_run_dir, git_state, resolve_mode
 
 
 def read_wandb_records(path: Path) -> list:
@@ -162,3 +163,25 @@ def test_run_dirs_are_unique_and_never_reused(tmp_path) -> None:
     create_run_dir(tmp_path, "x", name="fixed")
     with pytest.raises(DistillError, match="exists; runs are never overwritten"):
         create_run_dir(tmp_path, "x", name="fixed")
+
+
+def test_git_state_says_when_the_working_tree_differs_from_the_commit(tmp_path) -> None:
+    """A run records its commit and whether tracked files were edited: a commit alone does not
+    rebuild a run made from an edited tree. Untracked files (outputs/, data/) do not count."""
+    assert git_state(tmp_path) == {"git_commit": None, "git_dirty": None}  # not a checkout
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t",
+                               "-c", "user.email=t@t", *args], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "recipe.yaml").write_text("lr: 0.05\n")
+    git("add", "recipe.yaml")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "run.log").write_text("untracked\n")
+    assert git_state(tmp_path) == {"git_commit": head, "git_dirty": False}
+    (tmp_path / "recipe.yaml").write_text("lr: 0.02\n")
+    assert git_state(tmp_path) == {"git_commit": head, "git_dirty": True}

@@ -6,8 +6,9 @@
     python docs/results/results.py sweep outputs/<sweep> [--out <csv> --command "..."]
 
 ``add`` copies the few numbers a table needs from a finished run's ``summary.json`` (and its
-``environment.json``) into ``docs/results/<experiment>/<variant>-s<seed>.json``: never
-weights. ``tables`` groups them per experiment into teacher / baseline / distilled rows (mean
+``environment.json`` and resolved ``recipe.yaml``) into
+``docs/results/<experiment>/<variant>-s<seed>.json``, and its per-epoch metrics into
+``<variant>-s<seed>.epochs.csv`` beside it: never weights. ``tables`` groups them per experiment into teacher / baseline / distilled rows (mean
 and standard deviation over seeds, the paired per-seed difference distilled minus baseline)
 beside the published figures, and replaces the text between the ``<!-- tables -->`` markers.
 ``sweep`` prints the T and alpha that a finished validation sweep chooses (as ``distill
@@ -22,6 +23,8 @@ import csv
 import json
 import statistics
 from pathlib import Path
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE.parent / "RESULTS.md"
@@ -78,13 +81,36 @@ def add(run: Path, experiment: str, variant: str, command: str, results: Path = 
         "n_test": summary["test"]["n"], **_wall(run, summary),
         "kd": summary.get("kd"), "best_on_val": summary.get("best_on_val"),
         "device": env.get("device"), "gpu": env.get("gpu"), "cpu_count": env.get("cpu_count"),
-        "git_commit": env.get("git_commit"),
-        "command": command,
+        "git_commit": env.get("git_commit"), "git_dirty": env.get("git_dirty"),
+        "command": command, "recipe": _recipe(run),
     }
     out = results / experiment / f"{variant}-s{summary['seed']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
+    _write_epochs(run, out.with_suffix(".epochs.csv"))
     return out
+
+
+def _recipe(run: Path) -> dict | None:
+    """The run's resolved recipe (its ``recipe.yaml``, every field after ``--set`` and flags),
+    so the record rebuilds the run even where the command relied on recipe defaults that a
+    later commit changed."""
+    path = run / "recipe.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def _write_epochs(run: Path, out: Path) -> None:
+    """The run's per-epoch metrics (``metrics.jsonl``: losses, validation accuracy, lr, epoch
+    seconds) as CSV beside its record, so figures quoted per epoch can be checked."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _wall(run: Path, summary: dict) -> dict:
