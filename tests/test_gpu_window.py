@@ -71,6 +71,8 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
     env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
            "PATH": device_like_path(tmp_path),
            "WHEELS": "none",  # this machine has pydantic
+           # the device's 540 s per step is for a GPU; a loaded 2-core CPU needs longer
+           "STEP_LIMIT": "840",
            "BENCH_ARGS": "--epochs 1 --subset 200 --test-subset 50 --val-size 10",
            "EXTRA": "--epochs 1 --set data.subset=200 --set data.test_subset=50 "
                     "--set teacher.batch_size=16 --set student.batch_size=16"}
@@ -143,3 +145,21 @@ def test_gpu_window_refuses_an_unknown_step_before_any_set_up(tmp_path) -> None:
     assert done.stdout.strip() == ("unknown step 'sped'; usage: gpu_window.sh stage [data "
                                    "folder] | speed | hinton | cifar <seed>")
     assert not (tmp_path / "stage").exists()
+
+
+def test_a_step_out_of_time_still_returns_its_archive_and_fails(tmp_path) -> None:
+    """STEP_LIMIT holds a step under the device's 600 s per command: what has no time left
+    is logged as exit 124, the archive of what there is still comes back, and the step's exit
+    status says it failed."""
+    data = fake_shared_data(tmp_path / "shared")
+    stage, results = tmp_path / "stage", tmp_path / "results"
+    env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
+           "PATH": device_like_path(tmp_path), "WHEELS": "none", "STEP_LIMIT": "25"}
+    call(env, "stage", str(data))
+    done = subprocess.run(["bash", str(SCRIPT), "speed"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    speed = unpack(results / "speed.tar.gz", tmp_path / "speed")
+    times = (speed / "times.txt").read_text()
+    assert "speed-mnist: exit 124" in times and "speed-cifar: exit 124" in times, times
+    assert (speed / "speed-cifar.log").read_text() == "no time left\n"
