@@ -10,10 +10,11 @@
 ``docs/results/<experiment>/<variant>-s<seed>.json``, and its per-epoch metrics into
 ``<variant>-s<seed>.epochs.csv`` beside it: never weights. ``tables`` groups them per
 experiment into teacher / baseline / distilled rows (mean and sample standard deviation over
-seeds, the paired per-seed difference distilled minus baseline) beside the published
-figures, and replaces the text between the ``<!-- tables -->`` markers. ``sweep`` prints the T and alpha that a finished validation sweep chooses (as ``distill
-sweep`` does: the best mean validation accuracy) and can store its validation figures as CSV;
-the test figures stay out of it, since the choice must not be made on them.
+seeds, the paired per-seed difference distilled minus baseline) beside the published figures,
+and replaces the text between the ``<!-- tables -->`` markers. ``sweep`` prints the T and alpha
+that a finished validation sweep chooses (as ``distill sweep`` does: the best mean validation
+accuracy) and can store its validation figures as CSV; the test figures stay out of it, since
+the choice must not be made on them.
 """
 
 from __future__ import annotations
