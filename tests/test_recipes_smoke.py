@@ -55,8 +55,10 @@ def tiny_image_folder(root: Path, classes: int = 10, per_class: int = 6) -> Path
     return root
 
 
-@pytest.mark.parametrize("recipe", ["cifar10_resnet", "cifar10_jpeg_resnet"])
-def test_cifar10_recipe_smoke(tmp_path, recipe) -> None:
+# the JPEG recipe's alpha was chosen on its validation split; the other's was never swept
+@pytest.mark.parametrize("recipe, alpha",
+                         [("cifar10_resnet", 0.9), ("cifar10_jpeg_resnet", 0.5)])
+def test_cifar10_recipe_smoke(tmp_path, recipe, alpha) -> None:
     data = tiny_image_folder(tmp_path / "cifar")
     common = ["--recipe", recipe, "--dataset", f"imagefolder:{data}", "--epochs", "1",
               "--val-size", "10", "--output-dir", str(tmp_path / "out"), "--wandb", "disabled",
@@ -65,7 +67,7 @@ def test_cifar10_recipe_smoke(tmp_path, recipe) -> None:
     run_ok("student", *common, "--name", "s", "--teacher", str(tmp_path / "out" / "t"))
     s = summary(tmp_path / "out" / "s")
     assert s["model"]["name"] == "resnet20" and s["teacher"]["model"]["name"] == "resnet56"
-    assert s["kd"] == {"T": 4.0, "alpha": 0.9}
+    assert s["kd"] == {"T": 4.0, "alpha": alpha}
     assert s["data"]["train"] == 50 and s["in_shape"] == [3, 32, 32]
 
 
