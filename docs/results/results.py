@@ -25,7 +25,8 @@ import json
 import statistics
 from pathlib import Path
 
-import yaml
+from distill.recipe import read_yaml
+from distill.tracking import METRICS, MetricsLog
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE.parent / "RESULTS.md"
@@ -97,16 +98,15 @@ def _recipe(run: Path) -> dict | None:
     so the record rebuilds the run even where the command relied on recipe defaults that a
     later commit changed."""
     path = run / "recipe.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    return read_yaml(path) if path.is_file() else None
 
 
 def _write_epochs(run: Path, out: Path) -> None:
     """The run's per-epoch metrics (``metrics.jsonl``: losses, validation accuracy, lr, epoch
     seconds) as CSV beside its record, so figures quoted per epoch can be checked."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
+    rows = MetricsLog(run / METRICS).read()
+    if not rows:
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
