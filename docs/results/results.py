@@ -26,6 +26,7 @@ import statistics
 from pathlib import Path
 
 from distill.recipe import read_yaml
+from distill.teacher import read_summary
 from distill.tracking import METRICS, MetricsLog
 
 HERE = Path(__file__).resolve().parent
@@ -73,7 +74,9 @@ EXPERIMENTS["mnist_hinton_lr0.05"] = {
 
 def add(run: Path, experiment: str, variant: str, command: str, results: Path = HERE) -> Path:
     """Store one finished run's figures; returns the JSON file written."""
-    summary = json.loads((run / "summary.json").read_text())
+    summary = read_summary(run)
+    if summary is None:
+        raise FileNotFoundError(f"{run}: not a finished run (no readable summary.json)")
     env_path = run / "environment.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     record = {
