@@ -294,3 +294,45 @@ def test_cifar_reproduction_script_resumes_stopped_runs_and_distils_only_when_to
     assert not (out / "cifar-teachers" / "cifar-teacher-s5.log").exists()
     # the logs show each epoch, for tail -f on a long run
     assert "epoch   1/1  train_loss" in (out / "cifar-students" / "cifar-baseline-s5.log").read_text()
+
+
+def test_cifar_reproduction_script_trains_longer_teachers_in_runs_of_their_own(
+        tmp_path) -> None:
+    """TEACHER_EPOCHS=2: the teacher trains 2 epochs in a run named -e2-, the distilled
+    student learns from that teacher and is named after it too, and the baseline (which sees
+    no teacher) is the recipe's. A value that is not a count of epochs, or one with no
+    experiment in results.py to record its runs in, stops the script before any training."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    data = tiny_image_folder(tmp_path / "cifar")
+    script = ["bash", str(root / "docs/results/cifar10_jpeg.sh"), str(data), "3"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "JOBS": "2", "OUT": str(tmp_path / "out")}
+
+    def call(**more: str) -> subprocess.CompletedProcess:
+        return subprocess.run(script, env={**env, **more}, capture_output=True, text=True,
+                              timeout=900)
+
+    bad = call(TEACHER_EPOCHS="sixty")
+    assert (bad.returncode, bad.stdout.strip()) == (
+        2, "TEACHER_EPOCHS: 'sixty' is not a whole number of epochs")
+    unknown = call(TEACHER_EPOCHS="45")
+    assert unknown.returncode == 2 and unknown.stdout.strip().startswith(
+        "TEACHER_EPOCHS=45: no experiment cifar10_jpeg_resnet_e45 in ")
+    assert not (tmp_path / "out").exists()
+
+    done = call(TEACHER_EPOCHS="2", T="2", ALPHA="0.5", RECORD="0",
+                EXTRA="--set teacher.batch_size=16 --set student.batch_size=16 "
+                      "--set data.val_size=10 --set student.epochs=1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    teachers, students = tmp_path / "out" / "cifar-teachers", tmp_path / "out" / "cifar-students"
+    assert sorted(p.name for p in teachers.iterdir() if p.is_dir()) == ["cifar-teacher-e2-s3"]
+    assert sorted(p.name for p in students.iterdir() if p.is_dir()) == [
+        "cifar-baseline-s3", "cifar-distilled-e2-T2-a0.5-s3"]
+    assert summary(teachers / "cifar-teacher-e2-s3")["epochs"] == 2
+    distilled = summary(students / "cifar-distilled-e2-T2-a0.5-s3")
+    assert distilled["epochs"] == 1 and distilled["kd"] == {"T": 2.0, "alpha": 0.5}
+    assert distilled["teacher"]["location"] == str(teachers / "cifar-teacher-e2-s3")
+    baseline = summary(students / "cifar-baseline-s3")
+    assert baseline["epochs"] == 1 and "teacher" not in baseline

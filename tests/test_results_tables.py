@@ -97,6 +97,27 @@ def test_superseded_recipe_borrows_the_current_baselines(tmp_path) -> None:
     assert "| teacher | not measured | - | 67 |" in old
 
 
+def test_longer_teachers_borrow_the_cifar_baselines_and_report_in_accuracy(tmp_path) -> None:
+    """The 60-epoch-teacher table counts the recipe's CIFAR baselines (they see no teacher)
+    in accuracy %, beside the published figures, before its students exist."""
+    r = results_module()
+    store = tmp_path / "results"
+    for seed, e in enumerate([1372, 1417, 1334]):
+        run = fake_run(tmp_path / "runs", f"baseline-{seed}", seed, e)
+        r.add(run, "cifar10_jpeg_resnet", "baseline", "distill ... baseline", store)
+    teacher = fake_run(tmp_path / "runs", "teacher-e60-0", 0, 1150)
+    r.add(teacher, "cifar10_jpeg_resnet_e60", "teacher", "distill teach ... --epochs 60", store)
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"{r.START}\n{r.END}\n")
+    longer = r.tables(store, md).split("teachers trained 60 epochs")[1]
+    assert "| teacher | 88.50 (n=1) | s0: 88.50 | ~93 (original images) |" in longer
+    assert ("| baseline (the runs of the table above) | 86.26 ± 0.42 (n=3) | "
+            "s0: 86.28, s1: 85.83, s2: 86.66 | ~91 (original) |") in longer
+    assert "| distilled | not measured | - | ~91.5 (original) |" in longer
+    assert "| distilled - baseline (paired) | not measured | - | |" in longer
+    assert "| baseline | 0 |" not in longer and "`distill teach ... --epochs 60`" in longer
+
+
 def test_a_resumed_run_counts_the_wall_time_of_every_segment(tmp_path) -> None:
     """Resumed from a checkpoint that carried its time: the summary's wall stands. From an
     older checkpoint (wall_seconds_before None or missing): the epochs' times from metrics.jsonl,
