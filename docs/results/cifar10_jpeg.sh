@@ -22,7 +22,8 @@
 # TEACHER_EPOCHS=<n>: the teachers train n epochs instead of the recipe's 30. Their runs and
 # their distilled students are named -e<n>- (cifar-teacher-e60-s0, cifar-distilled-e60-T4-
 # a0.5-s0) and recorded as the experiment cifar10_jpeg_resnet_e<n>, which must be listed in
-# results.py (e60 is); the baselines, which see no teacher, are the recipe's and are shared.
+# results.py (e60 is). No baseline is trained or recorded then: a baseline sees no teacher,
+# so that experiment pairs its students with the recipe's (a run without TEACHER_EPOCHS).
 # EXTRA="--set ..." is appended to every fresh training (CI's smoke test shrinks the runs).
 # RECORD=0 skips adding the runs to docs/results/. A stopped run is resumed where it stopped,
 # so the script can be run again after a kill or the end of a session.
@@ -54,7 +55,9 @@ fi
 for s in "${seeds[@]}"; do
     train "$teachers" "cifar-teacher$tag-s$s" teach "${recipe[@]}" \
         ${teacher_args[@]+"${teacher_args[@]}"} --seed "$s"
-    train "$students" "cifar-baseline-s$s" student "${recipe[@]}" --alpha 0 --seed "$s"
+    if [ -z "$tag" ]; then
+        train "$students" "cifar-baseline-s$s" student "${recipe[@]}" --alpha 0 --seed "$s"
+    fi
 done
 wait
 if [ "${SWEEP:-0}" = 1 ]; then
@@ -109,7 +112,7 @@ check_finished
 if [ "${RECORD:-1}" = 1 ]; then
     for s in "${seeds[@]}"; do
         record "$experiment" "cifar-teacher$tag-s$s" teacher
-        record cifar10_jpeg_resnet "cifar-baseline-s$s" baseline
+        if [ -z "$tag" ]; then record "$experiment" "cifar-baseline-s$s" baseline; fi
         if [ -n "$distilled" ]; then record "$experiment" "$distilled-s$s" distilled; fi
     done
     python "$here/results.py" tables > /dev/null
