@@ -20,7 +20,8 @@
 # (`tar xzf cifar-s0.tar.gz -C .gpu`) and the next call skips what finished, so a teacher
 # finished in one call teaches in the next. `python docs/results/results.py add <run folder>`
 # records a run as usual. BENCH_ARGS are appended to the speed benchmarks and EXTRA to every
-# training (CI shrinks both).
+# training (CI shrinks both). TEACHER_EPOCHS=60 reaches cifar10_jpeg.sh: the seed's 60-epoch
+# teacher (cifar-teacher-e60-s<S>) and its distilled student, no baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD" stage="${GPU_STAGE:-$PWD/.gpu}"  # GPU_STAGE: elsewhere (CI's smoke test)
