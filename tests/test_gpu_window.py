@@ -61,7 +61,10 @@ def unpack(archive: Path, into: Path) -> Path:
     with tarfile.open(archive) as tar:
         names = tar.getnames()
         assert not [n for n in names if n.endswith((".pt", ".tmp"))], names  # no checkpoints
-        tar.extractall(into, filter="data")
+        # the "data" filter refuses links and paths out of `into`; Pythons older than 3.11.4
+        # (3.10.12, ...), such as Debian 12's 3.11.2, lack extraction filters altogether
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(into, **safe)
     return into
 
 
