@@ -300,8 +300,9 @@ def test_cifar_reproduction_script_trains_longer_teachers_in_runs_of_their_own(
         tmp_path) -> None:
     """TEACHER_EPOCHS=2: the teacher trains 2 epochs in a run named -e2-, the distilled
     student learns from that teacher and is named after it too, and no baseline is trained
-    (one sees no teacher: the recipe's baselines serve that table too). A value that is not a count of epochs, or one with no
-    experiment in results.py to record its runs in, stops the script before any training."""
+    (one sees no teacher: the recipe's baselines serve that table too). A value that is not
+    a count of epochs, or one with no experiment in results.py to record its runs in, stops
+    the script before any training."""
     import os
     import subprocess
 
