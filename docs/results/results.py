@@ -73,12 +73,17 @@ EXPERIMENTS = {
 }
 
 
-# an experiment that borrows another's baselines reports like it, its baseline row relabelled
-for _name, _spec in list(EXPERIMENTS.items()):
-    if "baselines_from" in _spec:
-        _base = EXPERIMENTS[_spec["baselines_from"]]
-        EXPERIMENTS[_name] = {**_base, **_spec, "labels": {
-            **_base.get("labels", {}), "baseline": "baseline (the runs of the table above)"}}
+def _inherit(spec: dict) -> dict:
+    """An experiment that borrows another's baselines reports like it (unit, published
+    figures, row labels), its baseline row relabelled; any other is returned as it is."""
+    if "baselines_from" not in spec:
+        return spec
+    base = EXPERIMENTS[spec["baselines_from"]]
+    return {**base, **spec, "labels": {**base.get("labels", {}),
+                                       "baseline": "baseline (the runs of the table above)"}}
+
+
+EXPERIMENTS = {name: _inherit(spec) for name, spec in EXPERIMENTS.items()}
 
 
 def add(run: Path, experiment: str, variant: str, command: str, results: Path = HERE) -> Path:
