@@ -118,6 +118,46 @@ def test_longer_teachers_borrow_the_cifar_baselines_and_report_in_accuracy(tmp_p
     assert "| baseline | 0 |" not in longer and "`distill teach ... --epochs 60`" in longer
 
 
+def test_a_run_the_longer_teacher_table_would_misreport_is_refused(tmp_path) -> None:
+    """cifar10_jpeg_resnet_e60 holds 60-epoch teachers and their students only: a 30-epoch
+    teacher, a student of one, or a baseline of its own (the borrowed ones would stand in its
+    place unseen) is refused with the reason, and nothing is written."""
+    r = results_module()
+    store, runs = tmp_path / "results", tmp_path / "runs"
+    short = fake_run(runs, "teacher-e30", 0, 1268)
+    summary = json.loads((short / "summary.json").read_text())
+    (short / "summary.json").write_text(json.dumps({**summary, "epochs": 30}))
+    student = fake_run(runs, "distilled-0", 0, 1250, {"T": 4, "alpha": 0.5})
+    summary = json.loads((student / "summary.json").read_text())
+    (student / "summary.json").write_text(json.dumps(
+        {**summary, "teacher": {"kind": "run", "location": str(short)}}))
+    orphan = fake_run(runs, "distilled-1", 1, 1250, {"T": 4, "alpha": 0.5})  # names none
+    baseline = fake_run(runs, "baseline-0", 0, 1372)
+
+    def refusal(run: Path, variant: str) -> str:
+        try:
+            r.add(run, "cifar10_jpeg_resnet_e60", variant, "distill ...", store)
+        except ValueError as e:
+            return str(e)
+        raise AssertionError(f"{run.name} was recorded")
+
+    assert refusal(short, "teacher") == (
+        f"{short}: trained 30 epochs; cifar10_jpeg_resnet_e60 holds teachers trained 60")
+    assert refusal(student, "distilled") == refusal(short, "teacher")
+    assert refusal(orphan, "distilled") == (
+        f"{orphan}: its teacher (none named) is not a finished run here, so its 60 epochs "
+        "cannot be checked")
+    assert refusal(baseline, "baseline") == (
+        f"cifar10_jpeg_resnet_e60 takes its baselines from cifar10_jpeg_resnet; record "
+        f"{baseline} there")
+    assert not store.exists()
+    # the same runs are welcome where no teacher length is set
+    r.add(short, "cifar10_jpeg_resnet", "teacher", "distill ...", store)
+    r.add(student, "cifar10_jpeg_resnet", "distilled", "distill ...", store)
+    assert sorted(p.name for p in (store / "cifar10_jpeg_resnet").glob("*.json")) == [
+        "distilled-s0.json", "teacher-s0.json"]
+
+
 def test_a_resumed_run_counts_the_wall_time_of_every_segment(tmp_path) -> None:
     """Resumed from a checkpoint that carried its time: the summary's wall stands. From an
     older checkpoint (wall_seconds_before None or missing): the epochs' times from metrics.jsonl,

@@ -69,6 +69,7 @@ EXPERIMENTS = {
         "title": "CIFAR-10 (JPEG q75), ResNet-56 teachers trained 60 epochs -> ResNet-20 "
                  "(test accuracy %)",
         "baselines_from": "cifar10_jpeg_resnet",
+        "teacher_epochs": 60,  # add() refuses a teacher (or a student of one) trained otherwise
     },
 }
 
@@ -91,6 +92,7 @@ def add(run: Path, experiment: str, variant: str, command: str, results: Path = 
     summary = read_summary(run)
     if summary is None:
         raise FileNotFoundError(f"{run}: not a finished run (no readable summary.json)")
+    _check_fits(run, summary, experiment, variant)
     env_path = run / "environment.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     record = {
@@ -108,6 +110,33 @@ def add(run: Path, experiment: str, variant: str, command: str, results: Path = 
     out.write_text(json.dumps(record, indent=1) + "\n")
     _write_epochs(run, out.with_suffix(".epochs.csv"))
     return out
+
+
+def _check_fits(run: Path, summary: dict, experiment: str, variant: str) -> None:
+    """Refuse a run the experiment's table would misreport: a baseline where the baselines are
+    borrowed (the borrowed ones would silently stand in its place), or a teacher trained for
+    other than the experiment's ``teacher_epochs`` (for a student: its teacher's epochs, read
+    from the teacher run its summary names, relative to the working folder as when it ran)."""
+    spec = EXPERIMENTS[experiment]
+    if variant == "baseline" and "baselines_from" in spec:
+        raise ValueError(f"{experiment} takes its baselines from {spec['baselines_from']}; "
+                         f"record {run} there")
+    want = spec.get("teacher_epochs")
+    if want is None or variant == "baseline":
+        return
+    if variant == "teacher":
+        teacher, epochs = run, summary["epochs"]
+    else:
+        location = (summary.get("teacher") or {}).get("location")
+        teacher = Path(location) if location else None
+        found = read_summary(teacher) if teacher else None
+        if found is None:
+            raise ValueError(f"{run}: its teacher ({location or 'none named'}) is not a "
+                             f"finished run here, so its {want} epochs cannot be checked")
+        epochs = found["epochs"]
+    if epochs != want:
+        raise ValueError(f"{teacher}: trained {epochs} epochs; {experiment} holds teachers "
+                         f"trained {want}")
 
 
 def _recipe(run: Path) -> dict | None:
@@ -300,7 +329,10 @@ def main() -> None:
                    help="also draw its cells' validation accuracy per epoch as this PNG")
     args = p.parse_args()
     if args.cmd == "add":
-        print(add(args.run, args.experiment, args.variant, args.command))
+        try:
+            print(add(args.run, args.experiment, args.variant, args.command))
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"not recorded: {e}") from None
     elif args.cmd == "experiments":
         print("\n".join(EXPERIMENTS))
     elif args.cmd == "sweep":
