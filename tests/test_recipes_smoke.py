@@ -299,31 +299,43 @@ def test_cifar_reproduction_script_resumes_stopped_runs_and_distils_only_when_to
 def test_cifar_reproduction_script_trains_longer_teachers_in_runs_of_their_own(
         tmp_path) -> None:
     """TEACHER_EPOCHS=2: the teacher trains 2 epochs in a run named -e2-, the distilled
-    student learns from that teacher and is named after it too, and no baseline is trained
-    (one sees no teacher: the recipe's baselines serve that table too). A value that is not
-    a count of epochs, or one with no experiment in results.py to record its runs in, stops
-    the script before any training."""
+    student learns from that teacher and is named after it too, no baseline is trained (one
+    sees no teacher: the recipe's baselines serve that table too), and both runs are recorded
+    in their experiment's table. A value that is not a count of epochs (an empty one too), or
+    one with no experiment in results.py to record its runs in, stops the script before any
+    training. Run from a copy of docs/ whose results.py knows an e2 experiment."""
     import os
+    import shutil
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
+    docs = tmp_path / "docs"
+    shutil.copytree(root / "docs" / "results", docs / "results")
+    shutil.copy(root / "docs" / "RESULTS.md", docs / "RESULTS.md")
+    results_py = docs / "results" / "results.py"
+    anchor = "EXPERIMENTS = {name: _inherit(spec)"
+    assert anchor in results_py.read_text()
+    results_py.write_text(results_py.read_text().replace(anchor, (
+        'EXPERIMENTS["cifar10_jpeg_resnet_e2"] = {"title": "e2 teachers", "teacher_epochs": 2,'
+        ' "baselines_from": "cifar10_jpeg_resnet"}\n' + anchor)))
     data = tiny_image_folder(tmp_path / "cifar")
-    script = ["bash", str(root / "docs/results/cifar10_jpeg.sh"), str(data), "3"]
+    script = ["bash", str(docs / "results" / "cifar10_jpeg.sh"), str(data), "3"]
     env = {**os.environ, "WANDB_MODE": "disabled", "JOBS": "2", "OUT": str(tmp_path / "out")}
 
     def call(**more: str) -> subprocess.CompletedProcess:
         return subprocess.run(script, env={**env, **more}, capture_output=True, text=True,
                               timeout=900)
 
-    bad = call(TEACHER_EPOCHS="sixty")
-    assert (bad.returncode, bad.stdout.strip()) == (
-        2, "TEACHER_EPOCHS: 'sixty' is not a whole number of epochs")
+    for value in ("sixty", ""):
+        bad = call(TEACHER_EPOCHS=value)
+        assert (bad.returncode, bad.stdout.strip()) == (
+            2, f"TEACHER_EPOCHS: '{value}' is not a whole number of epochs")
     unknown = call(TEACHER_EPOCHS="45")
     assert unknown.returncode == 2 and unknown.stdout.strip().startswith(
         "TEACHER_EPOCHS=45: no experiment cifar10_jpeg_resnet_e45 in ")
     assert not (tmp_path / "out").exists()
 
-    done = call(TEACHER_EPOCHS="2", T="2", ALPHA="0.5", RECORD="0",
+    done = call(TEACHER_EPOCHS="2", T="2", ALPHA="0.5",
                 EXTRA="--set teacher.batch_size=16 --set student.batch_size=16 "
                       "--set data.val_size=10 --set student.epochs=1")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -335,3 +347,11 @@ def test_cifar_reproduction_script_trains_longer_teachers_in_runs_of_their_own(
     distilled = summary(students / "cifar-distilled-e2-T2-a0.5-s3")
     assert distilled["epochs"] == 1 and distilled["kd"] == {"T": 2.0, "alpha": 0.5}
     assert distilled["teacher"]["location"] == str(teachers / "cifar-teacher-e2-s3")
+    records = docs / "results" / "cifar10_jpeg_resnet_e2"
+    assert sorted(p.name for p in records.glob("*.json")) == [
+        "distilled-s3.json", "teacher-s3.json"]
+    assert json.loads((records / "teacher-s3.json").read_text())["command"].startswith(
+        "distill teach --recipe cifar10_jpeg_resnet --epochs 2 --seed 3 ")
+    table = (docs / "RESULTS.md").read_text().split("### e2 teachers")[1].split("###")[0]
+    assert "| baseline (the runs of the table above) | 86.26 ± 0.42 (n=3) |" in table
+    assert "| distilled - baseline (paired) | not measured | - | |" in table  # no seed 3 there

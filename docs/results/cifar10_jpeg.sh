@@ -22,8 +22,9 @@
 # TEACHER_EPOCHS=<n>: the teachers train n epochs instead of the recipe's 30. Their runs and
 # their distilled students are named -e<n>- (cifar-teacher-e60-s0, cifar-distilled-e60-T4-
 # a0.5-s0) and recorded as the experiment cifar10_jpeg_resnet_e<n>, which must be listed in
-# results.py (e60 is). No baseline is trained or recorded then: a baseline sees no teacher,
-# so that experiment pairs its students with the recipe's (a run without TEACHER_EPOCHS).
+# results.py (e60 is; it refuses a teacher trained otherwise, by an --epochs in EXTRA, say).
+# No baseline is trained or recorded then: a baseline sees no teacher, so that experiment
+# pairs its students with the recipe's (a run without TEACHER_EPOCHS).
 # EXTRA="--set ..." is appended to every fresh training (CI's smoke test shrinks the runs).
 # RECORD=0 skips adding the runs to docs/results/. A stopped run is resumed where it stopped,
 # so the script can be run again after a kill or the end of a session.
@@ -39,17 +40,19 @@ source "$here/runs.sh" "$@"  # seeds, jobs_max, out, EXTRA
 teachers="$out/cifar-teachers" students="$out/cifar-students"
 recipe=(--recipe cifar10_jpeg_resnet)
 experiment=cifar10_jpeg_resnet tag="" teacher_args=()
-if [ -n "${TEACHER_EPOCHS:-}" ]; then
+if [ -n "${TEACHER_EPOCHS+set}" ]; then  # set but empty is refused too, never the recipe's
     if ! [[ "$TEACHER_EPOCHS" =~ ^[1-9][0-9]*$ ]]; then
         echo "TEACHER_EPOCHS: '$TEACHER_EPOCHS' is not a whole number of epochs"; exit 2
     fi
     experiment="cifar10_jpeg_resnet_e$TEACHER_EPOCHS" tag="-e$TEACHER_EPOCHS"
     teacher_args=(--epochs "$TEACHER_EPOCHS")
-    if [ "${RECORD:-1}" = 1 ] \
-            && ! python "$here/results.py" experiments | grep -qx "$experiment"; then
-        echo "TEACHER_EPOCHS=$TEACHER_EPOCHS: no experiment $experiment in $here/results.py to" \
-             "record the runs in; add it there, or run with RECORD=0"
-        exit 2
+    if [ "${RECORD:-1}" = 1 ]; then
+        known="$(python "$here/results.py" experiments)" || exit 2
+        if ! grep -qx "$experiment" <<< "$known"; then
+            echo "TEACHER_EPOCHS=$TEACHER_EPOCHS: no experiment $experiment in" \
+                 "$here/results.py to record the runs in; add it there, or run with RECORD=0"
+            exit 2
+        fi
     fi
 fi
 for s in "${seeds[@]}"; do
