@@ -15,9 +15,11 @@
 # Every step runs on whatever device distill picks (the GPU there, the CPU in CI's smoke
 # test), is held to STEP_LIMIT seconds in all (default 540; the device stops a command at
 # 600) and leaves one archive, <step>.tar.gz (cifar-s<S>.tar.gz), in $OUT (the device tool's
-# result folder; ./gpu-results elsewhere): JSON, logs, times.txt and the run folders, never
-# checkpoints. The CIFAR archive keeps the runs' weights: unpack it into .gpu/ here
-# (`tar xzf cifar-s0.tar.gz -C .gpu`) and the next call skips what finished, so a teacher
+# result folder; ./gpu-results elsewhere): JSON, logs, times.txt and the run folders. The
+# CIFAR archive keeps the teachers' weights, and the newest checkpoint of each run the step's
+# time cut short (no other checkpoints): unpack it into .gpu/ here (`tar xzf cifar-s0.tar.gz
+# -C .gpu`) and the next call skips what finished and resumes what was cut short, so a
+# teacher longer than one call (TEACHER_EPOCHS=60, say) finishes over several, and a teacher
 # finished in one call teaches in the next. `python docs/results/results.py add <run folder>`
 # records a run as usual. BENCH_ARGS are appended to the speed benchmarks and EXTRA to every
 # training (CI shrinks both). TEACHER_EPOCHS=60 reaches cifar10_jpeg.sh: the seed's 60-epoch
@@ -50,9 +52,17 @@ if [ "$step" = stage ]; then
 fi
 
 deadline=$((SECONDS + ${STEP_LIMIT:-540}))  # the device stops a command at 600 s
-results="${OUT:-$root/gpu-results}" runs="$stage/runs"
+# Runs record their data and teacher folders by path, and the checkout's path may differ from
+# one machine to the next: a fixed link to the stage (GPU_LINK) and a fixed image folder beside
+# it keep those paths the same, so a run cut short in one call resumes in the next
+link="${GPU_LINK:-/tmp/distill-gpu}"
+if [ -e "$link" ] && [ ! -L "$link" ]; then echo "$link: not a link; set GPU_LINK"; exit 2; fi
+mkdir -p "$stage/runs"
+ln -sfn "$stage" "$link"
+results="${OUT:-$root/gpu-results}" runs="$link/runs" images="$link-cifar10-jpeg"
 work="$(mktemp -d)" tools="$(mktemp -d)"  # what comes back; what does not
-mkdir -p "$results" "$runs"
+trap 'rm -rf "$work" "$tools" "$images"' EXIT
+mkdir -p "$results"
 export WANDB_MODE=disabled PYTHONUNBUFFERED=1
 # the checkout's package, also for benchmarks/*.py (their own folder is not the root)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
@@ -71,9 +81,8 @@ fi
 # link would lose a virtual environment's packages)
 printf '#!/bin/sh\nexec "%s" "$@"\n' "$(command -v python3)" > "$tools/bin/python"
 chmod +x "$tools/bin/python"
-images="$tools/cifar10-jpeg"  # unpacked for the steps that read it (60000 files, 55 MB)
-if [ "$step" != hinton ]; then
-    mkdir -p "$images"
+if [ "$step" != hinton ]; then  # the images, for the steps that read them (60000 files, 55 MB)
+    rm -rf "$images" && mkdir -p "$images"
     tar xzf "$stage/data/cifar10-jpeg.tar.gz" -C "$images"
 fi
 python3 -c "import torch; print('device:', torch.cuda.get_device_name() if \
@@ -106,22 +115,38 @@ case "$step" in
         kept=() ;;
     hinton)
         timed hinton env OUT="$runs/mnist" RECORD=0 STUDENTS="baseline distilled-val" \
-            bash docs/results/mnist_hinton.sh "$stage/data" 0
+            bash docs/results/mnist_hinton.sh "$link/data" 0
         kept=(runs/mnist) ;;
     cifar)
         seed="${2:?$usage}"
         step="cifar-s$seed"
         weights=(--exclude=best.safetensors --exclude='*cifar-students*.safetensors')
+        resumable=1
         timed "$step" env OUT="$runs/cifar" RECORD=0 JOBS=2 T="${T:-4}" ALPHA="${ALPHA:-0.5}" \
             bash docs/results/cifar10_jpeg.sh "$images" "$seed"
         kept=(runs/cifar) ;;
 esac
-# checkpoints (*.pt, and a save cut short: *.tmp) never; weights only of the CIFAR teachers,
-# so that a teacher finished in one call teaches in the next (unpack the archive into .gpu/)
-archive=(--exclude=wandb --exclude=teacher-logits --exclude='*.pt' --exclude='*.tmp'
-         ${weights[@]+"${weights[@]}"} -C "$work" .)
+# weights only of the CIFAR teachers, so that a teacher finished in one call teaches in the
+# next; no checkpoint (*.pt; *.tmp: a save cut short) but, for CIFAR, the newest one of each
+# run cut short (it holds the best weights so far too), so that the next call resumes it
+archive=(--exclude=wandb --exclude=teacher-logits --exclude='*.tmp'
+         ${weights[@]+"${weights[@]}"})
+if [ -n "${resumable:-}" ]; then
+    archive+=(--exclude=checkpoint-best.pt)
+    for last in "$stage"/runs/cifar/*/*/checkpoint-last.pt; do
+        if [ -f "$(dirname "$last")/summary.json" ]; then  # finished: no need
+            archive+=(--exclude="${last#"$stage"/}")
+        fi
+    done
+else
+    archive+=(--exclude='*.pt')
+fi
+archive+=(-C "$work" .)
 if [ ${#kept[@]} -gt 0 ]; then archive+=(-C "$stage" "${kept[@]}"); fi
 tar czf "$results/$step.tar.gz" "${archive[@]}"
-echo "results: $results/$step.tar.gz ($(du -k "$results/$step.tar.gz" | cut -f1) KB)"
-rm -rf "$work" "$tools"
+size=$(du -k "$results/$step.tar.gz" | cut -f1)
+echo "results: $results/$step.tar.gz ($size KB)"
+if [ "$size" -gt 16384 ]; then  # the device tool returns files of 16 MiB at most
+    echo "warning: over the 16 MiB a file can have to come back from the device"
+fi
 exit "$failed"

@@ -1,6 +1,7 @@
 """benchmarks/gpu_window.sh, the plan for a short GPU lease, run on the CPU on tiny data: the
 staging here and every step there (with a python3 that, like the GPU machine's, lacks the
-distill package), each leaving one archive of results without checkpoints."""
+distill package), each leaving one archive of results, with no checkpoint but the newest of a
+CIFAR run cut short."""
 
 from __future__ import annotations
 
@@ -50,17 +51,22 @@ def device_like_path(root: Path) -> str:
     return bare
 
 
-def call(env: dict[str, str], *args: str) -> str:
+def call(env: dict[str, str], *args: str, status: int = 0) -> str:
     done = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
                           timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == status, done.stdout + done.stderr
     return done.stdout
 
 
 def unpack(archive: Path, into: Path) -> Path:
+    """Unpacks it, checking that it holds no checkpoint but checkpoint-last.pt of a run folder
+    without summary.json (one cut short, to resume)."""
     with tarfile.open(archive) as tar:
         names = tar.getnames()
-        assert not [n for n in names if n.endswith((".pt", ".tmp"))], names  # no checkpoints
+        assert not [n for n in names if n.endswith(".tmp")], names
+        for name in (n for n in names if n.endswith(".pt")):
+            folder = name.rsplit("/", 1)[0]
+            assert name.endswith("/checkpoint-last.pt") and f"{folder}/summary.json" not in names
         # the "data" filter refuses links and paths out of `into`; Pythons older than 3.11.4
         # (3.10.12, ...), such as Debian 12's 3.11.2, lack extraction filters altogether
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
@@ -72,7 +78,7 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
     data = fake_shared_data(tmp_path / "shared")
     stage, results = tmp_path / "stage", tmp_path / "results"
     env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
-           "PATH": device_like_path(tmp_path),
+           "GPU_LINK": str(tmp_path / "gpu-link"), "PATH": device_like_path(tmp_path),
            "WHEELS": "none",  # this machine has pydantic
            # the device's 540 s per step is for a GPU; a loaded 2-core CPU needs longer
            "STEP_LIMIT": "840",
@@ -103,11 +109,30 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
     assert summaries["mnist-distilled-val-s0"]["kd"] == {"T": 20.0, "alpha": 0.5}
 
     env["EXTRA"] += " --set data.val_size=10"  # the CIFAR recipe holds 5000 out
+    # a call whose time runs out while teacher and baseline train (each killed after its first
+    # checkpoint): the step fails, and their newest checkpoints come back to resume from
+    call({**env, "DISTILL_TEST_KILL_AFTER_SAVE": "1"}, "cifar", "1", status=1)
+    cut = unpack(results / "cifar-s1.tar.gz", tmp_path / "cut")
+    assert sorted(str(p.relative_to(cut)) for p in cut.rglob("*.pt")) == [
+        "runs/cifar/cifar-students/cifar-baseline-s1/checkpoint-last.pt",
+        "runs/cifar/cifar-teachers/cifar-teacher-s1/checkpoint-last.pt"]
+    assert "cifar-teacher-s1 failed" in (cut / "cifar-s1.log").read_text()
+    # the next call, on a fresh machine whose checkout is elsewhere (GPU_LINK stays), with
+    # that archive unpacked, resumes both
+    stage = tmp_path / "stage-2"
+    shutil.copytree(tmp_path / "stage" / "data", stage / "data")
+    unpack(results / "cifar-s1.tar.gz", stage)
+    env["GPU_STAGE"] = str(stage)
     call(env, "cifar", "1")
     archive = results / "cifar-s1.tar.gz"
     cifar = unpack(archive, tmp_path / "cifar") / "runs" / "cifar"
+    log = (tmp_path / "cifar" / "cifar-s1.log").read_text()
+    assert "cifar-teacher-s1: stopped earlier, resuming" in log
+    assert "cifar-baseline-s1: stopped earlier, resuming" in log
+    assert not list(cifar.rglob("*.pt"))  # every run finished: no checkpoint comes back
     teacher = cifar / "cifar-teachers" / "cifar-teacher-s1"
     assert yaml.safe_load((teacher / "recipe.yaml").read_text())["seed"] == 1
+    assert len(json.loads((teacher / "summary.json").read_text())["resumes"]) == 1
     assert (teacher / "model.safetensors").is_file()  # it can teach in the next call
     assert [p.name for p in cifar.rglob("*.safetensors")] == ["model.safetensors"]
     students = cifar / "cifar-students"
@@ -116,8 +141,8 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
     assert json.loads((distilled / "summary.json").read_text())["kd"] == {"T": 4.0, "alpha": 0.5}
 
     # the next call, on a fresh machine: the archive unpacked into a fresh stage, with the
-    # distilled student unfinished as if the call had run out of time while it trained (its
-    # checkpoints never come back, so it starts again)
+    # distilled student unfinished as if the call had run out of time before its first
+    # checkpoint (so it starts again), its teacher's weights back from the call before
     fresh = tmp_path / "fresh-stage"
     shutil.copytree(stage / "data", fresh / "data")
     unpack(archive, fresh)
@@ -130,7 +155,10 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
             in log)
     again = json.loads((fresh / "runs" / "cifar" / "cifar-students" /
                         "cifar-distilled-T4-a0.5-s1" / "summary.json").read_text())
-    assert again["teacher"]["location"] == str(fresh / "runs/cifar/cifar-teachers/cifar-teacher-s1")
+    # the runs know their teacher and data by the link's path, the same on every machine
+    assert again["teacher"]["location"] == str(
+        tmp_path / "gpu-link" / "runs/cifar/cifar-teachers/cifar-teacher-s1")
+    assert not (tmp_path / "gpu-link-cifar10-jpeg").exists()  # the images do not stay
 
 
 def test_gpu_window_names_what_staging_needs(tmp_path) -> None:
@@ -157,7 +185,8 @@ def test_a_step_out_of_time_still_returns_its_archive_and_fails(tmp_path) -> Non
     data = fake_shared_data(tmp_path / "shared")
     stage, results = tmp_path / "stage", tmp_path / "results"
     env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
-           "PATH": device_like_path(tmp_path), "WHEELS": "none", "STEP_LIMIT": "25"}
+           "GPU_LINK": str(tmp_path / "gpu-link"), "PATH": device_like_path(tmp_path),
+           "WHEELS": "none", "STEP_LIMIT": "25"}
     call(env, "stage", str(data))
     done = subprocess.run(["bash", str(SCRIPT), "speed"], env=env, capture_output=True,
                           text=True, timeout=300)
