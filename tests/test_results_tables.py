@@ -121,7 +121,8 @@ def test_longer_teachers_borrow_the_cifar_baselines_and_report_in_accuracy(tmp_p
 def test_a_run_the_longer_teacher_table_would_misreport_is_refused(tmp_path) -> None:
     """cifar10_jpeg_resnet_e60 holds 60-epoch teachers and their students only: a 30-epoch
     teacher, a student of one, or a baseline of its own (the borrowed ones would stand in its
-    place unseen) is refused with the reason, and nothing is written."""
+    place unseen) is refused with the reason, and nothing is written. A student brought back
+    from another machine is matched with its teacher here by layout and weights."""
     r = results_module()
     store, runs = tmp_path / "results", tmp_path / "runs"
     short = fake_run(runs, "teacher-e30", 0, 1268)
@@ -151,6 +152,25 @@ def test_a_run_the_longer_teacher_table_would_misreport_is_refused(tmp_path) -> 
         f"cifar10_jpeg_resnet_e60 takes its baselines from cifar10_jpeg_resnet; record "
         f"{baseline} there")
     assert not store.exists()
+    # runs brought back from another machine name their teacher by its path there: the
+    # teacher of that name in the same layout here counts, if it holds the same weights
+    out = tmp_path / "gpu"
+    teacher = fake_run(out / "cifar-teachers", "teacher-e60", 0, 1150)
+    summary = json.loads((teacher / "summary.json").read_text())
+    (teacher / "summary.json").write_text(json.dumps({**summary, "weights_sha256": "abc"}))
+    for name, sha in (("moved", "abc"), ("moved-other-weights", "abd")):
+        moved = fake_run(out / "cifar-students", name, 0, 1250, {"T": 4, "alpha": 0.5})
+        summary = json.loads((moved / "summary.json").read_text())
+        (moved / "summary.json").write_text(json.dumps({**summary, "teacher": {
+            "kind": "run", "location": "/device/runs/cifar-teachers/teacher-e60",
+            "sha256": sha}}))
+    other = out / "cifar-students" / "moved-other-weights"
+    assert refusal(other, "distilled") == (
+        f"{other}: its teacher (/device/runs/cifar-teachers/teacher-e60) is not a finished "
+        "run here, so its 60 epochs cannot be checked")
+    r.add(out / "cifar-students" / "moved", "cifar10_jpeg_resnet_e60", "distilled", "d", store)
+    assert [p.name for p in (store / "cifar10_jpeg_resnet_e60").glob("*.json")] == [
+        "distilled-s0.json"]
     # the same runs are welcome where no teacher length is set
     r.add(short, "cifar10_jpeg_resnet", "teacher", "distill ...", store)
     r.add(student, "cifar10_jpeg_resnet", "distilled", "distill ...", store)

@@ -116,7 +116,7 @@ def _check_fits(run: Path, summary: dict, experiment: str, variant: str) -> None
     """Refuse a run the experiment's table would misreport: a baseline where the baselines are
     borrowed (the borrowed ones would silently stand in its place), or a teacher trained for
     other than the experiment's ``teacher_epochs`` (for a student: its teacher's epochs, read
-    from the teacher run its summary names, relative to the working folder as when it ran)."""
+    from the teacher run its summary names; see :func:`_teacher_of`)."""
     spec = EXPERIMENTS[experiment]
     if variant == "baseline" and "baselines_from" in spec:
         raise ValueError(f"{experiment} takes its baselines from {spec['baselines_from']}; "
@@ -127,16 +127,31 @@ def _check_fits(run: Path, summary: dict, experiment: str, variant: str) -> None
     if variant == "teacher":
         teacher, epochs = run, summary["epochs"]
     else:
-        location = (summary.get("teacher") or {}).get("location")
-        teacher = Path(location) if location else None
-        found = read_summary(teacher) if teacher else None
-        if found is None:
+        teacher, epochs = _teacher_of(run, summary)
+        if teacher is None:
+            location = (summary.get("teacher") or {}).get("location")
             raise ValueError(f"{run}: its teacher ({location or 'none named'}) is not a "
                              f"finished run here, so its {want} epochs cannot be checked")
-        epochs = found["epochs"]
     if epochs != want:
         raise ValueError(f"{teacher}: trained {epochs} epochs; {experiment} holds teachers "
                          f"trained {want}")
+
+
+def _teacher_of(run: Path, summary: dict) -> tuple[Path | None, int | None]:
+    """A student's teacher run and its epochs: the folder its summary names (relative to the
+    working folder it ran in), else the folder of that name in the same layout beside the
+    student's (``<out>/cifar-teachers/<name>`` for ``<out>/cifar-students/<student>``: runs
+    brought back from another machine); a folder whose weights are not the ones the student
+    learnt from (sha256) does not count. (None, None) when none is found."""
+    info = summary.get("teacher") or {}
+    if not info.get("location"):
+        return None, None
+    named = Path(info["location"])
+    for folder in (named, run.parent.parent / named.parent.name / named.name):
+        found = read_summary(folder)
+        if found and info.get("sha256") in (None, found.get("weights_sha256")):
+            return folder, found["epochs"]
+    return None, None
 
 
 def _recipe(run: Path) -> dict | None:
