@@ -58,7 +58,7 @@ deadline=$((SECONDS + ${STEP_LIMIT:-540}))  # the device stops a command at 600 
 link="${GPU_LINK:-/tmp/distill-gpu}"
 if [ -e "$link" ] && [ ! -L "$link" ]; then echo "$link: not a link; set GPU_LINK"; exit 2; fi
 mkdir -p "$stage/runs"
-ln -sfn "$stage" "$link"
+ln -sfn "$(cd "$stage" && pwd)" "$link"  # absolute: GPU_STAGE may be relative
 results="${OUT:-$root/gpu-results}" runs="$link/runs" images="$link-cifar10-jpeg"
 work="$(mktemp -d)" tools="$(mktemp -d)"  # what comes back; what does not
 trap 'rm -rf "$work" "$tools" "$images"' EXIT
