@@ -15,22 +15,26 @@
 # Every step runs on whatever device distill picks (the GPU there, the CPU in CI's smoke
 # test), is held to STEP_LIMIT seconds in all (default 540; the device stops a command at
 # 600) and leaves one archive, <step>.tar.gz (cifar-s<S>.tar.gz), in $OUT (the device tool's
-# result folder; ./gpu-results elsewhere): JSON, logs, times.txt and the run folders. The
-# CIFAR archive keeps the teachers' weights, and the newest checkpoint of each run the step's
-# time cut short (no other checkpoints): unpack it into .gpu/ here (`tar xzf cifar-s0.tar.gz
-# -C .gpu`) and the next call skips what finished and resumes what was cut short, so a
-# teacher longer than one call (TEACHER_EPOCHS=60, say) finishes over several, and a teacher
-# finished in one call teaches in the next. `python docs/results/results.py add <run folder>`
+# result folder; ./gpu-results elsewhere): JSON, logs, times.txt and the run folders that
+# were not finished when it began. The CIFAR archive keeps the teachers' weights, and the
+# newest checkpoint of each run the step's time cut short (no other checkpoints, and none
+# if they would take it over the 16 MiB a returned file may have). Here, after each call:
+#   bash benchmarks/gpu_window.sh unpack <folder>/cifar-s0.tar.gz
+# puts its runs into .gpu/runs (and drops the checkpoints of runs finished since), so the next
+# call skips what finished and resumes what was cut short: a teacher longer than one call
+# (TEACHER_EPOCHS=60, say) finishes over several, and a teacher finished in one call teaches
+# in the next. `python docs/results/results.py add <run folder>`
 # records a run as usual. BENCH_ARGS are appended to the speed benchmarks and EXTRA to every
 # training (CI shrinks both). TEACHER_EPOCHS=60 reaches cifar10_jpeg.sh: the seed's 60-epoch
 # teacher (cifar-teacher-e60-s<S>) and its distilled student, no baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD" stage="${GPU_STAGE:-$PWD/.gpu}"  # GPU_STAGE: elsewhere (CI's smoke test)
-usage="usage: gpu_window.sh stage [data folder] | speed | hinton | cifar <seed>"
+usage="usage: gpu_window.sh stage [data folder] | speed | hinton | cifar <seed> | unpack"
+usage+=" <archive>"
 step="${1:?$usage}"
 case "$step" in
-    stage | speed | hinton | cifar) ;;
+    stage | speed | hinton | cifar | unpack) ;;
     *) echo "unknown step '$step'; $usage"; exit 2 ;;
 esac
 
@@ -50,6 +54,21 @@ if [ "$step" = stage ]; then
     echo "staged in .gpu/ ($(du -sh "$stage" | cut -f1)); call the device with carry [\".gpu\"]"
     exit 0
 fi
+if [ "$step" = unpack ]; then  # here: a step's runs into the stage, for the next call
+    archive="${2:?$usage}"
+    [ -d "$stage/data" ] || {
+        echo "unpack: no stage at $stage (run the stage step first)"; exit 2; }
+    tar xzf "$archive" -C "$stage" runs 2> /dev/null || {
+        echo "unpack: no runs in $archive (only the hinton and cifar steps bring runs back)"
+        exit 2; }
+    # a run that has finished since its checkpoint came back needs it no more: it would only
+    # weigh on every call's carry (64 MiB in all)
+    for summary in "$stage"/runs/*/*/*/summary.json; do
+        [ -f "$summary" ] && rm -f "$(dirname "$summary")"/checkpoint-*.pt
+    done
+    echo "unpacked into $stage/runs ($(du -sh "$stage" | cut -f1) to carry)"
+    exit 0
+fi
 
 deadline=$((SECONDS + ${STEP_LIMIT:-540}))  # the device stops a command at 600 s
 # Runs record their data and teacher folders by path, and the checkout's path may differ from
@@ -58,7 +77,8 @@ deadline=$((SECONDS + ${STEP_LIMIT:-540}))  # the device stops a command at 600 
 link="${GPU_LINK:-/tmp/distill-gpu}"
 if [ -e "$link" ] && [ ! -L "$link" ]; then echo "$link: not a link; set GPU_LINK"; exit 2; fi
 mkdir -p "$stage/runs"
-ln -sfn "$(cd "$stage" && pwd)" "$link"  # absolute: GPU_STAGE may be relative
+stage="$(cd "$stage" && pwd)"  # absolute: GPU_STAGE may be relative, and tar changes folders
+ln -sfn "$stage" "$link"
 results="${OUT:-$root/gpu-results}" runs="$link/runs" images="$link-cifar10-jpeg"
 work="$(mktemp -d)" tools="$(mktemp -d)"  # what comes back; what does not
 trap 'rm -rf "$work" "$tools" "$images"' EXIT
@@ -122,31 +142,48 @@ case "$step" in
         step="cifar-s$seed"
         weights=(--exclude=best.safetensors --exclude='*cifar-students*.safetensors')
         resumable=1
+        for summary in "$stage"/runs/cifar/*/*/summary.json; do  # finished before: here already
+            [ -f "$summary" ] && weights+=(--exclude="$(dirname "${summary#"$stage"/}")")
+        done
         timed "$step" env OUT="$runs/cifar" RECORD=0 JOBS=2 T="${T:-4}" ALPHA="${ALPHA:-0.5}" \
             bash docs/results/cifar10_jpeg.sh "$images" "$seed"
         kept=(runs/cifar) ;;
 esac
 # weights only of the CIFAR teachers, so that a teacher finished in one call teaches in the
 # next; no checkpoint (*.pt; *.tmp: a save cut short) but, for CIFAR, the newest one of each
-# run cut short (it holds the best weights so far too), so that the next call resumes it
-archive=(--exclude=wandb --exclude=teacher-logits --exclude='*.tmp'
-         ${weights[@]+"${weights[@]}"})
-if [ -n "${resumable:-}" ]; then
-    archive+=(--exclude=checkpoint-best.pt)
-    for last in "$stage"/runs/cifar/*/*/checkpoint-last.pt; do
-        if [ -f "$(dirname "$last")/summary.json" ]; then  # finished: no need
-            archive+=(--exclude="${last#"$stage"/}")
-        fi
-    done
-else
-    archive+=(--exclude='*.pt')
+# run cut short (it holds the best weights so far too), so that the next call resumes it;
+# no run that had finished before the call (it came from here)
+pack() {  # pack <with checkpoints: 1 or 0>; tar's status 1 (a file changed as it was read,
+    # by a run the time limit was stopping) still leaves a whole archive
+    local archive=(--exclude=wandb --exclude=teacher-logits --exclude='*.tmp'
+                   ${weights[@]+"${weights[@]}"}) last status=0
+    if [ "$1" = 1 ]; then
+        archive+=(--exclude=checkpoint-best.pt --exclude='chunk-*.pt'
+                  --exclude='cifar-sweeps/*.pt')
+        for last in "$stage"/runs/cifar/*/*/checkpoint-last.pt; do
+            if [ -f "$(dirname "$last")/summary.json" ]; then  # finished: no need
+                archive+=(--exclude="${last#"$stage"/}")
+            fi
+        done
+    else
+        archive+=(--exclude='*.pt')
+    fi
+    archive+=(-C "$work" .)
+    if [ ${#kept[@]} -gt 0 ]; then archive+=(-C "$stage" "${kept[@]}"); fi
+    tar czf "$results/$step.tar.gz" "${archive[@]}" || status=$?
+    [ "$status" -le 1 ] || exit "$status"
+    size=$(du -k "$results/$step.tar.gz" | cut -f1)
+}
+pack "${resumable:-0}"
+most="${GPU_FILE_KB:-16384}"  # the device returns files of 16 MiB at most
+if [ "$size" -gt "$most" ] && [ -n "${resumable:-}" ]; then
+    echo "over $most KB with checkpoints ($size KB): packed again without them; the runs cut" \
+         "short will start again" | tee -a "$work/times.txt"
+    failed=1
+    pack 0
 fi
-archive+=(-C "$work" .)
-if [ ${#kept[@]} -gt 0 ]; then archive+=(-C "$stage" "${kept[@]}"); fi
-tar czf "$results/$step.tar.gz" "${archive[@]}"
-size=$(du -k "$results/$step.tar.gz" | cut -f1)
 echo "results: $results/$step.tar.gz ($size KB)"
-if [ "$size" -gt 16384 ]; then  # the device tool returns files of 16 MiB at most
-    echo "warning: over the 16 MiB a file can have to come back from the device"
+if [ "$size" -gt "$most" ]; then
+    echo "warning: over the $most KB a file can have to come back from the device"
 fi
 exit "$failed"

@@ -109,55 +109,59 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
     assert summaries["mnist-distilled-val-s0"]["kd"] == {"T": 20.0, "alpha": 0.5}
 
     env["EXTRA"] += " --set data.val_size=10"  # the CIFAR recipe holds 5000 out
-    # a call whose time runs out while teacher and baseline train (each killed after its first
+    here = stage  # as .gpu/ here: each call runs on a copy of it at a path of its own
+
+    def device_call(n: int, status: int = 0, **more: str) -> Path:
+        """One CIFAR call on a fresh machine whose checkout is elsewhere (GPU_LINK stays the
+        same): the stage copied to a new path and removed after the call; then, here, its
+        archive unpacked into the stage by the unpack step. Returns the archive unpacked apart."""
+        device = tmp_path / f"device-{n}"
+        shutil.copytree(here, device)
+        call({**env, "GPU_STAGE": str(device), **more}, "cifar", "1", status=status)
+        shutil.rmtree(device)
+        assert "unpacked into" in call(env, "unpack", str(results / "cifar-s1.tar.gz"))
+        return unpack(results / "cifar-s1.tar.gz", tmp_path / f"archive-{n}")
+
+    # call 1 runs out of time while teacher and baseline train (each killed after its first
     # checkpoint): the step fails, and their newest checkpoints come back to resume from
-    call({**env, "DISTILL_TEST_KILL_AFTER_SAVE": "1"}, "cifar", "1", status=1)
-    cut = unpack(results / "cifar-s1.tar.gz", tmp_path / "cut")
+    cut = device_call(1, status=1, DISTILL_TEST_KILL_AFTER_SAVE="1")
     assert sorted(str(p.relative_to(cut)) for p in cut.rglob("*.pt")) == [
         "runs/cifar/cifar-students/cifar-baseline-s1/checkpoint-last.pt",
         "runs/cifar/cifar-teachers/cifar-teacher-s1/checkpoint-last.pt"]
     assert "cifar-teacher-s1 failed" in (cut / "cifar-s1.log").read_text()
-    # the next call, on a fresh machine whose checkout is elsewhere (GPU_LINK stays), with
-    # that archive unpacked, resumes both
-    stage = tmp_path / "stage-2"
-    shutil.copytree(tmp_path / "stage" / "data", stage / "data")
-    unpack(results / "cifar-s1.tar.gz", stage)
-    env["GPU_STAGE"] = str(stage)
-    call(env, "cifar", "1")
-    archive = results / "cifar-s1.tar.gz"
-    cifar = unpack(archive, tmp_path / "cifar") / "runs" / "cifar"
-    log = (tmp_path / "cifar" / "cifar-s1.log").read_text()
+    # call 2 resumes both; they finish, and the distilled student is cut short in turn
+    cifar = device_call(2, status=1, DISTILL_TEST_KILL_AFTER_SAVE="1")
+    log = (cifar / "cifar-s1.log").read_text()
     assert "cifar-teacher-s1: stopped earlier, resuming" in log
     assert "cifar-baseline-s1: stopped earlier, resuming" in log
-    assert not list(cifar.rglob("*.pt"))  # every run finished: no checkpoint comes back
+    cifar = cifar / "runs" / "cifar"
+    distilled = "cifar-students/cifar-distilled-T4-a0.5-s1"
+    assert [str(p.relative_to(cifar)) for p in cifar.rglob("*.pt")] == [
+        f"{distilled}/checkpoint-last.pt"]
     teacher = cifar / "cifar-teachers" / "cifar-teacher-s1"
     assert yaml.safe_load((teacher / "recipe.yaml").read_text())["seed"] == 1
     assert len(json.loads((teacher / "summary.json").read_text())["resumes"]) == 1
     assert (teacher / "model.safetensors").is_file()  # it can teach in the next call
     assert [p.name for p in cifar.rglob("*.safetensors")] == ["model.safetensors"]
-    students = cifar / "cifar-students"
-    assert (students / "cifar-baseline-s1" / "summary.json").is_file()
-    distilled = students / "cifar-distilled-T4-a0.5-s1"
-    assert json.loads((distilled / "summary.json").read_text())["kd"] == {"T": 4.0, "alpha": 0.5}
-
-    # the next call, on a fresh machine: the archive unpacked into a fresh stage, with the
-    # distilled student unfinished as if the call had run out of time before its first
-    # checkpoint (so it starts again), its teacher's weights back from the call before
-    fresh = tmp_path / "fresh-stage"
-    shutil.copytree(stage / "data", fresh / "data")
-    unpack(archive, fresh)
-    (fresh / "runs/cifar/cifar-students/cifar-distilled-T4-a0.5-s1/summary.json").unlink()
-    out = call({**env, "GPU_STAGE": str(fresh)}, "cifar", "1")
-    log = (unpack(results / "cifar-s1.tar.gz", tmp_path / "again") / "cifar-s1.log").read_text()
-    assert "cifar-teacher-s1: finished earlier" in log, out
-    assert "cifar-baseline-s1: finished earlier" in log
-    assert ("cifar-distilled-T4-a0.5-s1: stopped before its first checkpoint, starting again"
-            in log)
-    again = json.loads((fresh / "runs" / "cifar" / "cifar-students" /
-                        "cifar-distilled-T4-a0.5-s1" / "summary.json").read_text())
+    assert (cifar / "cifar-students" / "cifar-baseline-s1" / "summary.json").is_file()
+    # here, the finished runs' checkpoints that call 1 brought back are dropped
+    kept = here / "runs" / "cifar"
+    assert [str(p.relative_to(kept)) for p in kept.rglob("*.pt")] == [
+        f"{distilled}/checkpoint-last.pt"]
+    # call 3 resumes the student from its teacher of call 2, and brings back only what was
+    # unfinished when it began
+    again = device_call(3)
+    log = (again / "cifar-s1.log").read_text()
+    assert "cifar-teacher-s1: finished earlier" in log
+    assert f"{distilled.split('/')[1]}: stopped earlier, resuming" in log
+    back = again / "runs" / "cifar"  # run folders; the logs beside them all come back
+    assert [str(p.relative_to(back)) for p in back.glob("*/*") if p.is_dir()] == [distilled]
+    student = json.loads((here / "runs" / "cifar" / distilled / "summary.json").read_text())
+    assert student["kd"] == {"T": 4.0, "alpha": 0.5} and len(student["resumes"]) == 1
     # the runs know their teacher and data by the link's path, the same on every machine
-    assert again["teacher"]["location"] == str(
+    assert student["teacher"]["location"] == str(
         tmp_path / "gpu-link" / "runs/cifar/cifar-teachers/cifar-teacher-s1")
+    assert not list(kept.rglob("*.pt"))
     assert not (tmp_path / "gpu-link-cifar10-jpeg").exists()  # the images do not stay
 
 
@@ -174,7 +178,7 @@ def test_gpu_window_refuses_an_unknown_step_before_any_set_up(tmp_path) -> None:
                           env={**os.environ, "GPU_STAGE": str(tmp_path / "stage")})
     assert done.returncode == 2
     assert done.stdout.strip() == ("unknown step 'sped'; usage: gpu_window.sh stage [data "
-                                   "folder] | speed | hinton | cifar <seed>")
+                                   "folder] | speed | hinton | cifar <seed> | unpack <archive>")
     assert not (tmp_path / "stage").exists()
 
 
@@ -195,3 +199,25 @@ def test_a_step_out_of_time_still_returns_its_archive_and_fails(tmp_path) -> Non
     times = (speed / "times.txt").read_text()
     assert "speed-mnist: exit 124" in times and "speed-cifar: exit 124" in times, times
     assert (speed / "speed-cifar.log").read_text() == "no time left\n"
+
+
+def test_a_cifar_archive_too_big_with_checkpoints_comes_back_without_them(tmp_path) -> None:
+    """Checkpoints that would take the archive over what the device returns (GPU_FILE_KB,
+    16 MiB there) are left out, so the call's logs and finished runs still come back, and the
+    step fails, saying so. The runs here are cut short earlier (a 2 MB stand-in checkpoint
+    each, which the resume refuses at once)."""
+    data = fake_shared_data(tmp_path / "shared")
+    stage, results = tmp_path / "stage", tmp_path / "results"
+    env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
+           "GPU_LINK": str(tmp_path / "gpu-link"), "PATH": device_like_path(tmp_path),
+           "WHEELS": "none", "GPU_FILE_KB": "1000"}
+    call(env, "stage", str(data))
+    for run in ("cifar-teachers/cifar-teacher-s0", "cifar-students/cifar-baseline-s0"):
+        folder = stage / "runs" / "cifar" / run
+        folder.mkdir(parents=True)
+        (folder / "checkpoint-last.pt").write_bytes(os.urandom(2_000_000))
+    out = call(env, "cifar", "0", status=1)
+    back = unpack(results / "cifar-s0.tar.gz", tmp_path / "back")
+    assert not list(back.rglob("*.pt")) and (back / "cifar-s0.log").is_file()
+    assert "packed again without them; the runs cut short will start again" in out
+    assert "without them" in (back / "times.txt").read_text()
