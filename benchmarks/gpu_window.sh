@@ -124,7 +124,7 @@ timed() {  # timed <name> <command...>: runs it in what is left of the step's ti
 }
 read -r -a bench <<< "${BENCH_ARGS:-}"
 cifar=(--recipe cifar10_jpeg_resnet --dataset "imagefolder:$images")
-weights=(--exclude='*.safetensors')  # the MNIST nets' weights would outgrow 16 MiB
+left_out=(--exclude='*.safetensors')  # the MNIST nets' weights would outgrow 16 MiB
 case "$step" in
     speed)
         timed speed-mnist python3 benchmarks/data_path.py --recipe mnist_hinton \
@@ -140,10 +140,10 @@ case "$step" in
     cifar)
         seed="${2:?$usage}"
         step="cifar-s$seed"
-        weights=(--exclude=best.safetensors --exclude='*cifar-students*.safetensors')
+        left_out=(--exclude=best.safetensors --exclude='*cifar-students*.safetensors')
         resumable=1
         for summary in "$stage"/runs/cifar/*/*/summary.json; do  # finished before: here already
-            [ -f "$summary" ] && weights+=(--exclude="$(dirname "${summary#"$stage"/}")")
+            [ -f "$summary" ] && left_out+=(--exclude="$(dirname "${summary#"$stage"/}")")
         done
         timed "$step" env OUT="$runs/cifar" RECORD=0 JOBS=2 T="${T:-4}" ALPHA="${ALPHA:-0.5}" \
             bash docs/results/cifar10_jpeg.sh "$images" "$seed"
@@ -156,7 +156,7 @@ esac
 pack() {  # pack <with checkpoints: 1 or 0>; tar's status 1 (a file changed as it was read,
     # by a run the time limit was stopping) still leaves a whole archive
     local archive=(--exclude=wandb --exclude=teacher-logits --exclude='*.tmp'
-                   ${weights[@]+"${weights[@]}"}) last status=0
+                   ${left_out[@]+"${left_out[@]}"}) last status=0
     if [ "$1" = 1 ]; then
         archive+=(--exclude=checkpoint-best.pt --exclude='chunk-*.pt'
                   --exclude='cifar-sweeps/*.pt')
