@@ -58,6 +58,19 @@ def call(env: dict[str, str], *args: str, status: int = 0) -> str:
     return done.stdout
 
 
+def staged(tmp_path: Path, **more: str) -> tuple[dict[str, str], Path, Path]:
+    """The environment of a call (stage, result folder and link in tmp_path, the device's
+    PATH, this machine's pydantic, plus ``more``) after the stage step has run: (env, stage
+    folder, result folder)."""
+    data = fake_shared_data(tmp_path / "shared")
+    stage, results = tmp_path / "stage", tmp_path / "results"
+    env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
+           "GPU_LINK": str(tmp_path / "gpu-link"), "PATH": device_like_path(tmp_path),
+           "WHEELS": "none", **more}
+    assert "staged in" in call(env, "stage", str(data))
+    return env, stage, results
+
+
 def unpack(archive: Path, into: Path) -> Path:
     """Unpacks it, checking that it holds no checkpoint but checkpoint-last.pt of a run folder
     without summary.json (one cut short, to resume)."""
@@ -75,18 +88,12 @@ def unpack(archive: Path, into: Path) -> Path:
 
 
 def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> None:
-    data = fake_shared_data(tmp_path / "shared")
-    stage, results = tmp_path / "stage", tmp_path / "results"
-    env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
-           "GPU_LINK": str(tmp_path / "gpu-link"), "PATH": device_like_path(tmp_path),
-           "WHEELS": "none",  # this machine has pydantic
-           # the device's 540 s per step is for a GPU; a loaded 2-core CPU needs longer
-           "STEP_LIMIT": "840",
-           "BENCH_ARGS": "--epochs 1 --subset 200 --test-subset 50 --val-size 10",
-           "EXTRA": "--epochs 1 --set data.subset=200 --set data.test_subset=50 "
-                    "--set teacher.batch_size=16 --set student.batch_size=16"}
-
-    assert "staged in" in call(env, "stage", str(data))
+    env, stage, results = staged(
+        tmp_path,
+        STEP_LIMIT="840",  # the device's 540 s per step is for a GPU; a loaded CPU needs more
+        BENCH_ARGS="--epochs 1 --subset 200 --test-subset 50 --val-size 10",
+        EXTRA="--epochs 1 --set data.subset=200 --set data.test_subset=50 "
+              "--set teacher.batch_size=16 --set student.batch_size=16")
     assert sorted(p.name for p in (stage / "data").iterdir()) == ["cifar10-jpeg.tar.gz", "mnist"]
 
     call(env, "speed")
@@ -186,12 +193,7 @@ def test_a_step_out_of_time_still_returns_its_archive_and_fails(tmp_path) -> Non
     """STEP_LIMIT holds a step under the device's 600 s per command: what has no time left
     is logged as exit 124, the archive of what there is still comes back, and the step's exit
     status says it failed."""
-    data = fake_shared_data(tmp_path / "shared")
-    stage, results = tmp_path / "stage", tmp_path / "results"
-    env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
-           "GPU_LINK": str(tmp_path / "gpu-link"), "PATH": device_like_path(tmp_path),
-           "WHEELS": "none", "STEP_LIMIT": "25"}
-    call(env, "stage", str(data))
+    env, _, results = staged(tmp_path, STEP_LIMIT="25")
     done = subprocess.run(["bash", str(SCRIPT), "speed"], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -206,12 +208,7 @@ def test_a_cifar_archive_too_big_with_checkpoints_comes_back_without_them(tmp_pa
     16 MiB there) are left out, so the call's logs and finished runs still come back, and the
     step fails, saying so. The runs here are cut short earlier (a 2 MB stand-in checkpoint
     each, which the resume refuses at once)."""
-    data = fake_shared_data(tmp_path / "shared")
-    stage, results = tmp_path / "stage", tmp_path / "results"
-    env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
-           "GPU_LINK": str(tmp_path / "gpu-link"), "PATH": device_like_path(tmp_path),
-           "WHEELS": "none", "GPU_FILE_KB": "1000"}
-    call(env, "stage", str(data))
+    env, stage, results = staged(tmp_path, GPU_FILE_KB="1000")
     for run in ("cifar-teachers/cifar-teacher-s0", "cifar-students/cifar-baseline-s0"):
         folder = stage / "runs" / "cifar" / run
         folder.mkdir(parents=True)
