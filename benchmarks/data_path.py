@@ -75,7 +75,14 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="distill-bench-"))
+    # the runs' folders (weights, logits caches: over 100 MB for MNIST) go with the benchmark
+    with tempfile.TemporaryDirectory(prefix="distill-bench-") as work:
+        run(args, Path(work))
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    """Trains and times both paths with their runs in ``work``; prints the table and writes
+    ``args.out``."""
     overrides = {"output_dir": str(work), "wandb.mode": "disabled", "device": args.device,
                  "teacher.epochs": args.epochs, "student.epochs": args.epochs,
                  "data.subset": args.subset, "data.test_subset": args.test_subset}

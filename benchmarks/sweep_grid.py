@@ -58,14 +58,23 @@ def main() -> None:
     p.add_argument("--skip", default="", help="comma list of modes not run: reference,"
                    "sequential,batched")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--work", type=Path, default=None, help="output folder (default: a tmp dir)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="output folder, kept (default: a temporary folder, removed at the end)")
     args = p.parse_args()
+    if args.work:
+        run(args, args.work)
+        return
+    with tempfile.TemporaryDirectory(prefix="distill-bench-") as work:  # goes with the runs
+        run(args, Path(work))
 
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    """Trains the grid three ways with their runs in ``work``; prints and writes the
+    report."""
     rows, cols = (int(v) for v in args.grid.split("x"))
     Ts = T_GRID[:rows] if rows < 5 else T_GRID
     Ts = [1.0, 4.0, 16.0] if rows == 3 else Ts
     alphas = [0.1, 0.5, 0.9] if cols == 3 else ALPHA_GRID[:cols]
-    work = args.work or Path(tempfile.mkdtemp(prefix="distill-bench-"))
     overrides = {"output_dir": str(work), "wandb.mode": "disabled", "device": args.device,
                  "student.epochs": args.epochs, "teacher.epochs": args.teacher_epochs,
                  "data.subset": args.subset, "data.test_subset": args.test_subset}

@@ -64,9 +64,10 @@ def staged(tmp_path: Path, **more: str) -> tuple[dict[str, str], Path, Path]:
     folder, result folder)."""
     data = fake_shared_data(tmp_path / "shared")
     stage, results = tmp_path / "stage", tmp_path / "results"
+    (tmp_path / "tmp").mkdir()  # the call's temporary files, which must all go when it ends
     env = {**os.environ, "GPU_STAGE": str(stage), "OUT": str(results), "OMP_NUM_THREADS": "1",
            "GPU_LINK": str(tmp_path / "gpu-link"), "PATH": device_like_path(tmp_path),
-           "WHEELS": "none", **more}
+           "WHEELS": "none", "TMPDIR": str(tmp_path / "tmp"), **more}
     assert "staged in" in call(env, "stage", str(data))
     return env, stage, results
 
@@ -104,6 +105,10 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
         assert figures["results"]["pipeline"]["student_seconds"] > 0, figures
     times = (speed / "times.txt").read_text()
     assert "speed-mnist: exit 0" in times and "speed-cifar: exit 0" in times
+    # the benchmarks' run folders (over 100 MB each on full MNIST) filled a disk once;
+    # torch.compile's cache (torchinductor_<user>) is meant to stay and be shared
+    left = [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchind")]
+    assert not left
 
     call(env, "hinton")
     hinton = unpack(results / "hinton.tar.gz", tmp_path / "hinton") / "runs" / "mnist"
