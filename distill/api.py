@@ -24,8 +24,9 @@ from safetensors.torch import load_model, save_file
 
 from distill.augment import build_augment
 from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, FileLock, carried_wall,
-                                check_resumable, check_same_teacher, clean_stale, lock_run,
-                                resume_folder, set_deterministic, set_rng_state)
+                                check_resumable, check_same_data, check_same_teacher,
+                                clean_stale, lock_run, resume_folder, set_deterministic,
+                                set_rng_state)
 from distill.data import DataBundle, load_data, num_batches
 from distill.distributed import World, check_batch, main_first, seed_rank, teardown, wrap
 from distill.distributed import setup as dist_setup
@@ -164,6 +165,11 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     set_deterministic(recipe.deterministic)
     with main_first(world):  # rank 0 fills the data caches, the others read them
         data = load_data(recipe.data)
+    # of the data as loaded (CPU), for checkpoints and for a resume whose data moved
+    data_fingerprint = (data.content_fingerprint()
+                        if main or (checkpoint or {}).get("moved_data") else None)
+    if checkpoint is not None:
+        check_same_data(resume, checkpoint, data_fingerprint)
     teacher, source = _student_teacher(recipe, data) if role == "student" else (None, None)
     if checkpoint is not None and source is not None:
         check_same_teacher(checkpoint, source.sha256, source.location)
@@ -217,7 +223,8 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
                       run_id=env.get("wandb_id"))
     teacher_sha = source.sha256 if source is not None else None
     saver = (Checkpointer(run_dir, role, recipe, state, teacher_sha, resumes,
-                          recipe.checkpoint.every_epoch, carried_wall(checkpoint)) if main
+                          recipe.checkpoint.every_epoch, carried_wall(checkpoint),
+                          data_fingerprint) if main
              else lambda where: None)
     try:
         with progress_bar(console, quiet or not main) as progress:
@@ -269,7 +276,9 @@ def _restore(state: TrainState, checkpoint: dict[str, Any], device: torch.device
         {"epoch": state.epoch, "step": state.step, "at": now_iso(),
          "world_size": world.size if world else 1,
          # the wall time of the segments before (None: a checkpoint older than this record)
-         "wall_seconds_before": checkpoint.get("wall_seconds")}]
+         "wall_seconds_before": checkpoint.get("wall_seconds")}
+        # the same data, read from elsewhere (see check_resumable)
+        | ({"moved_data": checkpoint["moved_data"]} if checkpoint.get("moved_data") else {})]
     skip = os.environ.get(RESUME_SKIP_ENV, "")  # negative controls of the resume tests
     if "data_order" in skip:
         state.batch_in_epoch, state.sums, state.seen = 0, None, 0
@@ -277,6 +286,10 @@ def _restore(state: TrainState, checkpoint: dict[str, Any], device: torch.device
         set_rng_state(checkpoint["rng"])
     console.print(f"continuing at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
                   f"step {state.step}", markup=False, highlight=False)
+    if checkpoint.get("moved_data"):
+        console.print(f"the run's data, read from elsewhere: {'; '.join(checkpoint['moved_data'])}"
+                      f" (fingerprint {checkpoint['data_fingerprint'][:12]} matches)",
+                      markup=False, highlight=False, soft_wrap=True)
     return resumes
 
 

@@ -166,9 +166,10 @@ class Checkpointer:
 
     def __init__(self, run_dir: Path, role: str, recipe, state, teacher_sha256: str | None,
                  resumes: list[dict[str, Any]], every_epoch: bool = True,
-                 wall_before: float = 0.0) -> None:
+                 wall_before: float = 0.0, data_fingerprint: str | None = None) -> None:
         self.run_dir, self.role, self.recipe, self.state = run_dir, role, recipe, state
         self.teacher_sha256, self.resumes, self.every_epoch = teacher_sha256, resumes, every_epoch
+        self.data_fingerprint = data_fingerprint  # DataBundle.content_fingerprint()
         self.wall_before, self.started = wall_before, time.perf_counter()
 
     def wall_seconds(self) -> float:
@@ -187,6 +188,7 @@ class Checkpointer:
                    "recipe_fingerprint": self.recipe.fingerprint(),
                    "state": self.state.state_dict(), "rng": rng_state(), "scaler": None,
                    "teacher_sha256": self.teacher_sha256, "resumes": self.resumes,
+                   "data_fingerprint": self.data_fingerprint,
                    "where": where, "wall_seconds": self.wall_seconds()}
         last = self.run_dir / LAST
         save_atomic(payload, last)
@@ -299,8 +301,23 @@ def changes_since(saved: Path, recipe, exclude: set[str] | None = None) -> list[
                           recipe.model_dump(mode="json", exclude=exclude))
 
 
+def _without_location(dump: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dump without where its data are read from: no ``data.data_dir``, and an
+    ``imagefolder:<path>`` dataset named ``imagefolder:`` only."""
+    data = dict(dump.get("data") or {})
+    data["data_dir"] = None
+    if str(data.get("name", "")).startswith("imagefolder:"):
+        data["name"] = "imagefolder:"
+    return {**dump, "data": data}
+
+
 def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> dict[str, Any]:
-    """The newest checkpoint of ``run_dir``, after checking it may be resumed with ``recipe``."""
+    """The newest checkpoint of ``run_dir``, after checking it may be resumed with ``recipe``.
+
+    A recipe that differs only in where the data are read from (``data.data_dir``, the path
+    of an ``imagefolder:``) passes here when the checkpoint holds the data's fingerprint; the
+    returned payload then lists those changes under ``"moved_data"``, for
+    :func:`check_same_data` to compare the data once they are loaded."""
     if (run_dir / "summary.json").is_file():
         raise DistillError(f"--resume {run_dir}: the run is finished (summary.json exists); "
                            f"nothing to resume")
@@ -312,11 +329,31 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
         command = "teach" if payload["role"] == "teacher" else "student"
         raise DistillError(f"--resume {run_dir}: a {payload['role']} run; resume it with "
                            f"`distill {command} --resume {run_dir}`")
-    changes = changes_since(run_dir / "recipe.yaml", recipe)
-    if changes and not allow_changes:
-        raise DistillError(f"--resume {run_dir}: the recipe differs from the run's: "
-                           f"{'; '.join(changes)}; pass --allow-changes to resume with it anyway")
-    return payload
+    from distill.recipe import load_recipe
+
+    saved, new = (load_recipe(run_dir / "recipe.yaml").model_dump(mode="json"),
+                  recipe.model_dump(mode="json"))
+    changes = recipe_changes(saved, new)
+    if not changes or allow_changes:
+        return payload
+    moved = not recipe_changes(_without_location(saved), _without_location(new))
+    if moved and payload.get("data_fingerprint"):
+        return {**payload, "moved_data": changes}
+    raise DistillError(f"--resume {run_dir}: the recipe differs from the run's: "
+                       f"{'; '.join(changes)}; pass --allow-changes to resume with it anyway")
+
+
+def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str | None) -> None:
+    """Refuse a resume whose data moved (see :func:`check_resumable`) when they are not the
+    data the run started with: ``fingerprint`` is the loaded data's content fingerprint."""
+    moved, saved = payload.get("moved_data"), payload.get("data_fingerprint")
+    if not moved or fingerprint == saved:
+        return
+    why = (f"are not the run's (fingerprint {saved[:12]} -> {fingerprint[:12]})" if fingerprint
+           else "are left on disk, where they cannot be compared with the run's")
+    raise DistillError(f"--resume {run_dir}: the data were read from elsewhere "
+                       f"({'; '.join(moved)}) and {why}; resume with the run's data, or pass "
+                       f"--allow-changes to resume with these anyway")
 
 
 def check_same_teacher(payload: dict[str, Any], sha256: str | None, location: str) -> None:

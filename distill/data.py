@@ -119,6 +119,23 @@ class DataBundle:
         h.update(self.train.labels.cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
+    def content_fingerprint(self) -> str | None:
+        """A short hash of the data themselves, wherever they were read from: the description
+        with the dataset's kind for its name (``imagefolder``, not its path) and every split's
+        pixels and labels. None when a split is left on disk: its files' key holds their
+        location, and hashing them would cost a pass over the data."""
+        splits = [s for s in (self.train, self.val, self.test) if s is not None]
+        if any(split.on_disk for split in splits):
+            return None
+        kind = str(self.description.get("dataset", "")).split(":", 1)[0]
+        h = hashlib.sha256(repr(sorted({**self.description, "dataset": kind}.items())).encode())
+        for split in (self.train, self.val, self.test):
+            if split is None:
+                h.update(b"none")
+            else:
+                split.update_hash(h)
+        return h.hexdigest()[:16]
+
 
 # ----------------------------------------------------------------------------- batching
 

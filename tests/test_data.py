@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -604,6 +605,22 @@ def test_imagefolder_loads(tmp_path: Path) -> None:
         imgs = bundle.train.images[bundle.train.labels == label]
         colour = torch.tensor(CLASS_COLOURS[cls], dtype=torch.uint8).view(1, 3, 1, 1)
         assert torch.equal(imgs, colour.expand_as(imgs))
+
+
+def test_content_fingerprint_follows_the_images_not_their_folder(tmp_path: Path) -> None:
+    """What a resume with data read from elsewhere compares (distill/checkpoint.py)."""
+    def fingerprint(root: Path, **kw) -> str | None:
+        return load_data(DataConfig(name=f"imagefolder:{root}", val_size=2, **kw)
+                         ).content_fingerprint()
+
+    a = image_folder(tmp_path / "a")
+    shutil.copytree(a, tmp_path / "b")
+    assert fingerprint(a) is not None and fingerprint(a) == fingerprint(tmp_path / "b")
+    write_png(tmp_path / "b" / "test" / "cat" / "002.png", (10, 10), (10, 20, 201))
+    assert fingerprint(tmp_path / "b") != fingerprint(a)  # one test image, blue 200 -> 201
+    assert fingerprint(a, data_seed=1) != fingerprint(a)  # another validation split
+    # files left on disk are not hashed (a pass over the data): nothing to compare
+    assert fingerprint(a, in_memory=False) is None
 
 
 def test_imagefolder_val_carved_from_train(tmp_path: Path) -> None:

@@ -20,13 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_data import fake_mnist
 from typer.testing import CliRunner
 
 import distill.api as api
 from distill.checkpoint import (KILL_AFTER_SAVE_ENV, KILL_IN_SAVE_ENV, LAST, RESUME_SKIP_ENV,
                                 load_checkpoint, save_atomic)
 from distill.cli import app
+from distill.data import load_data
 from distill.errors import DistillError
+from distill.recipe import DataConfig
 
 # 2 epochs of 21 batches; a checkpoint every 5 steps and at each epoch end:
 # saves 1-4 at steps 5, 10, 15, 20; save 5 at the end of epoch 1 (step 21); ...; save 10 last.
@@ -355,6 +358,48 @@ def test_resuming_a_student_whose_teacher_changed_is_refused(tmp_path) -> None:
     save_file(tensors, str(teacher / "model.safetensors"))
     assert user_error("student", "--resume", str(student)).startswith(
         f"error: teacher {teacher} changed since this run started (sha256 ")
+
+
+def test_a_run_resumes_with_its_data_read_from_elsewhere_but_not_with_other_data(
+        tmp_path) -> None:
+    """A run moved to another machine finds its data at another path: the checkpoint holds
+    their fingerprint, so the same data elsewhere resume the run (to the very run never
+    stopped), other data there are refused, and so is any other change."""
+    data = {"a": tmp_path / "a", "other": tmp_path / "other"}
+    fake_mnist(data["a"], n_train=400)  # 360 to train in 6 batches: save 1 is at step 5
+    fake_mnist(data["other"], n_train=400, seed=1)
+
+    def run(name: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "distill", "teach", "--dataset", "mnist", "--data-dir",
+               str(data["a"]), "--set", "data.download=false", "--output-dir",
+               str(tmp_path / "runs"), "--name", name, *FLAGS]
+        return subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, **(env or {})})
+
+    assert run("whole").returncode == 0
+    assert run("cut", {KILL_AFTER_SAVE_ENV: "1"}).returncode == -signal.SIGKILL
+    cut = tmp_path / "runs" / "cut"
+    saved = load_checkpoint(cut / LAST)["data_fingerprint"]
+    other = load_data(DataConfig(name="mnist", data_dir=str(data["other"]), download=False)
+                      ).content_fingerprint()
+    moved = data["a"].rename(tmp_path / "b")
+
+    assert user_error("teach", "--resume", str(cut), "--data-dir", str(data["other"])) == (
+        f"error: --resume {cut}: the data were read from elsewhere (data.data_dir: "
+        f"'{data['a']}' -> '{data['other']}') and are not the run's (fingerprint {saved[:12]} "
+        f"-> {other[:12]}); resume with the run's data, or pass --allow-changes to resume "
+        f"with these anyway")
+    assert user_error("teach", "--resume", str(cut), "--data-dir", str(moved), "--lr",
+                      "0.01") == (
+        f"error: --resume {cut}: the recipe differs from the run's: data.data_dir: "
+        f"'{data['a']}' -> '{moved}'; teacher.optim.lr: 0.001 -> 0.01; pass --allow-changes "
+        f"to resume with it anyway")
+
+    api.teach(resume=cut, overrides={"data.data_dir": str(moved)}, quiet=True)
+    assert_same_run(tmp_path / "runs" / "whole", cut)
+    assert json.loads((cut / "summary.json").read_text())["resumes"][0]["moved_data"] == [
+        f"data.data_dir: '{data['a']}' -> '{moved}'"]
+    assert f"data_dir: {moved}" in (cut / "recipe.yaml").read_text()  # the next resume's
 
 
 FORK_THEN_RELEASE = """
