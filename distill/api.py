@@ -277,8 +277,8 @@ def _restore(state: TrainState, checkpoint: dict[str, Any], device: torch.device
          "world_size": world.size if world else 1,
          # the wall time of the segments before (None: a checkpoint older than this record)
          "wall_seconds_before": checkpoint.get("wall_seconds")}
-        # the same data, read from elsewhere (see check_resumable)
-        | ({"moved_data": checkpoint["moved_data"]} if checkpoint.get("moved_data") else {})]
+        # the same data or teacher, read from elsewhere (see check_resumable)
+        | ({"moved": checkpoint["moved"]} if checkpoint.get("moved") else {})]
     skip = os.environ.get(RESUME_SKIP_ENV, "")  # negative controls of the resume tests
     if "data_order" in skip:
         state.batch_in_epoch, state.sums, state.seen = 0, None, 0
@@ -286,9 +286,9 @@ def _restore(state: TrainState, checkpoint: dict[str, Any], device: torch.device
         set_rng_state(checkpoint["rng"])
     console.print(f"continuing at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
                   f"step {state.step}", markup=False, highlight=False)
-    if checkpoint.get("moved_data"):
-        console.print(f"the run's data, read from elsewhere: {'; '.join(checkpoint['moved_data'])}"
-                      f" (fingerprint {checkpoint['data_fingerprint'][:12]} matches)",
+    if checkpoint.get("moved"):
+        console.print(f"read from elsewhere: {'; '.join(checkpoint['moved'])} (the same data "
+                      f"and teacher: their fingerprint and sha256 match the run's)",
                       markup=False, highlight=False, soft_wrap=True)
     return resumes
 

@@ -301,23 +301,29 @@ def changes_since(saved: Path, recipe, exclude: set[str] | None = None) -> list[
                           recipe.model_dump(mode="json", exclude=exclude))
 
 
-def _without_location(dump: dict[str, Any]) -> dict[str, Any]:
-    """A recipe dump without where its data are read from: no ``data.data_dir``, and an
-    ``imagefolder:<path>`` dataset named ``imagefolder:`` only."""
+def _without_location(dump: dict[str, Any], teacher: bool) -> dict[str, Any]:
+    """A recipe dump without where its data are read from (no ``data.data_dir``, and an
+    ``imagefolder:<path>`` dataset named ``imagefolder:`` only) and, with ``teacher``, where
+    a student's teacher is (no ``student.teacher``)."""
     data = dict(dump.get("data") or {})
     data["data_dir"] = None
     if str(data.get("name", "")).startswith("imagefolder:"):
         data["name"] = "imagefolder:"
-    return {**dump, "data": data}
+    student = dict(dump.get("student") or {})
+    if teacher:
+        student["teacher"] = None
+    return {**dump, "data": data, "student": student}
 
 
 def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> dict[str, Any]:
     """The newest checkpoint of ``run_dir``, after checking it may be resumed with ``recipe``.
 
-    A recipe that differs only in where the data are read from (``data.data_dir``, the path
-    of an ``imagefolder:``) passes here when the checkpoint holds the data's fingerprint; the
-    returned payload then lists those changes under ``"moved_data"``, for
-    :func:`check_same_data` to compare the data once they are loaded."""
+    A recipe that differs only in where things are read from passes here when the checkpoint
+    can tell whether they are the same: the data (``data.data_dir``, the path of an
+    ``imagefolder:``) when it holds their fingerprint, which the returned payload's
+    ``"moved_data"`` (those changes; ``"moved"``: all) asks :func:`check_same_data` to
+    compare once they are loaded; a student's teacher (``student.teacher``) when it holds the teacher's sha256,
+    which :func:`check_same_teacher` compares for every resumed student."""
     if (run_dir / "summary.json").is_file():
         raise DistillError(f"--resume {run_dir}: the run is finished (summary.json exists); "
                            f"nothing to resume")
@@ -336,9 +342,11 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
     changes = recipe_changes(saved, new)
     if not changes or allow_changes:
         return payload
-    moved = not recipe_changes(_without_location(saved), _without_location(new))
-    if moved and payload.get("data_fingerprint"):
-        return {**payload, "moved_data": changes}
+    checked = bool(payload.get("teacher_sha256"))
+    if not recipe_changes(_without_location(saved, checked), _without_location(new, checked)):
+        moved_data = [c for c in changes if c.startswith("data.")]
+        if not moved_data or payload.get("data_fingerprint"):
+            return {**payload, "moved": changes, "moved_data": moved_data}
     raise DistillError(f"--resume {run_dir}: the recipe differs from the run's: "
                        f"{'; '.join(changes)}; pass --allow-changes to resume with it anyway")
 

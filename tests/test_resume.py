@@ -342,7 +342,8 @@ def test_the_deterministic_flag_reaches_the_run(tmp_path) -> None:
     assert "deterministic: true" in (tmp_path / "d" / "recipe.yaml").read_text().splitlines()
 
 
-def test_resuming_a_student_whose_teacher_changed_is_refused(tmp_path) -> None:
+def test_a_student_resumes_with_its_teacher_moved_but_not_with_a_changed_one(tmp_path
+                                                                            ) -> None:
     from safetensors.torch import save_file
 
     out = str(tmp_path)
@@ -352,12 +353,22 @@ def test_resuming_a_student_whose_teacher_changed_is_refused(tmp_path) -> None:
                                      "student.teacher": str(teacher)}, name="s",
                           quiet=True).run_dir
     (student / "summary.json").unlink()  # as if killed after its last checkpoint
-    tensors = weights(teacher)
+    again = shutil.copytree(student, tmp_path / "s-again")
+    (tmp_path / "elsewhere").mkdir()
+    moved = teacher.rename(tmp_path / "elsewhere" / "t")  # the same weights, another path
+
+    result = runner.invoke(app, ["student", "--resume", str(student), "--teacher", str(moved),
+                                 "--wandb", "disabled", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((student / "summary.json").read_text())["resumes"][-1]["moved"] == [
+        f"student.teacher: '{teacher}' -> '{moved}'"]
+
+    tensors = weights(moved)
     key = next(k for k, v in tensors.items() if v.is_floating_point())
     tensors[key] = tensors[key] * 2
-    save_file(tensors, str(teacher / "model.safetensors"))
-    assert user_error("student", "--resume", str(student)).startswith(
-        f"error: teacher {teacher} changed since this run started (sha256 ")
+    save_file(tensors, str(moved / "model.safetensors"))
+    assert user_error("student", "--resume", str(again), "--teacher", str(moved)).startswith(
+        f"error: teacher {moved} changed since this run started (sha256 ")
 
 
 def test_a_run_resumes_with_its_data_read_from_elsewhere_but_not_with_other_data(
@@ -397,7 +408,7 @@ def test_a_run_resumes_with_its_data_read_from_elsewhere_but_not_with_other_data
 
     api.teach(resume=cut, overrides={"data.data_dir": str(moved)}, quiet=True)
     assert_same_run(tmp_path / "runs" / "whole", cut)
-    assert json.loads((cut / "summary.json").read_text())["resumes"][0]["moved_data"] == [
+    assert json.loads((cut / "summary.json").read_text())["resumes"][0]["moved"] == [
         f"data.data_dir: '{data['a']}' -> '{moved}'"]
     assert f"data_dir: {moved}" in (cut / "recipe.yaml").read_text()  # the next resume's
 
