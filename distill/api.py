@@ -165,14 +165,15 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     set_deterministic(recipe.deterministic)
     with main_first(world):  # rank 0 fills the data caches, the others read them
         data = load_data(recipe.data)
-    # of the data as loaded (CPU), for checkpoints and for a resume whose data moved
-    data_fingerprint = (data.content_fingerprint()
+    # of the data as loaded (CPU): checkpoints keep it, a resume compares it with theirs
+    data_fingerprint = (data.content_fingerprint()  # every rank compares moved data
                         if main or (checkpoint or {}).get("moved_data") else None)
     if checkpoint is not None:
         check_same_data(resume, checkpoint, data_fingerprint)
     teacher, source = _student_teacher(recipe, data) if role == "student" else (None, None)
-    if checkpoint is not None and source is not None:
-        check_same_teacher(checkpoint, source.sha256, source.location)
+    if checkpoint is not None and role == "student":
+        check_same_teacher(checkpoint, source.sha256 if source else None,
+                           source.location if source else None)
     seed_everything(recipe.seed)
     model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
                         **cfg.model.build_options())
@@ -286,10 +287,13 @@ def _restore(state: TrainState, checkpoint: dict[str, Any], device: torch.device
         set_rng_state(checkpoint["rng"])
     console.print(f"continuing at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
                   f"step {state.step}", markup=False, highlight=False)
-    if checkpoint.get("moved"):
-        console.print(f"read from elsewhere: {'; '.join(checkpoint['moved'])} (the same data "
-                      f"and teacher: their fingerprint and sha256 match the run's)",
-                      markup=False, highlight=False, soft_wrap=True)
+    moved = checkpoint.get("moved")
+    if moved:
+        same = (["data (fingerprint)"] if checkpoint["moved_data"] else []) + (
+            ["teacher (sha256)"] if any(c.startswith("student.teacher:") for c in moved) else [])
+        console.print(f"read from elsewhere: {'; '.join(moved)}; the same "
+                      f"{' and '.join(same)} as the run's", markup=False, highlight=False,
+                      soft_wrap=True)
     return resumes
 
 

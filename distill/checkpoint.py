@@ -273,7 +273,8 @@ def lock_run(run_dir: Path) -> FileLock:
     return lock
 
 
-_IGNORED_CHANGES = ("wandb.", "output_dir", "device", "checkpoint.")
+# data.in_memory only places the data: from disk or memory, a run trains the same (tested)
+_IGNORED_CHANGES = ("wandb.", "output_dir", "device", "checkpoint.", "data.in_memory")
 
 
 def recipe_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -318,12 +319,13 @@ def _without_location(dump: dict[str, Any], teacher: bool) -> dict[str, Any]:
 def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> dict[str, Any]:
     """The newest checkpoint of ``run_dir``, after checking it may be resumed with ``recipe``.
 
-    A recipe that differs only in where things are read from passes here when the checkpoint
-    can tell whether they are the same: the data (``data.data_dir``, the path of an
-    ``imagefolder:``) when it holds their fingerprint, which the returned payload's
-    ``"moved_data"`` (those changes; ``"moved"``: all) asks :func:`check_same_data` to
-    compare once they are loaded; a student's teacher (``student.teacher``) when it holds the teacher's sha256,
-    which :func:`check_same_teacher` compares for every resumed student."""
+    A recipe that differs only in where things are read from passes when the checkpoint can
+    tell whether they are the same: the data (``data.data_dir``, the path of an
+    ``imagefolder:``) when it holds their fingerprint; a student's teacher
+    (``student.teacher``) when it holds the teacher's sha256. The returned payload adds
+    ``"moved"`` (those changes), ``"moved_data"`` (the data's) and ``"check_data"`` (False
+    with ``allow_changes``) for :func:`check_same_data`, which compares the data once they
+    are loaded; :func:`check_same_teacher` compares the teacher of every resumed student."""
     if (run_dir / "summary.json").is_file():
         raise DistillError(f"--resume {run_dir}: the run is finished (summary.json exists); "
                            f"nothing to resume")
@@ -341,32 +343,51 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
                   recipe.model_dump(mode="json"))
     changes = recipe_changes(saved, new)
     if not changes or allow_changes:
-        return payload
+        return {**payload, "check_data": not allow_changes}
     checked = bool(payload.get("teacher_sha256"))
+    why = ""
     if not recipe_changes(_without_location(saved, checked), _without_location(new, checked)):
         moved_data = [c for c in changes if c.startswith("data.")]
         if not moved_data or payload.get("data_fingerprint"):
-            return {**payload, "moved": changes, "moved_data": moved_data}
+            return {**payload, "moved": changes, "moved_data": moved_data, "check_data": True}
+        why = (" (the data moved, and this checkpoint holds no fingerprint to compare them "
+               "with: they stay on disk, or it predates data fingerprints)")
     raise DistillError(f"--resume {run_dir}: the recipe differs from the run's: "
-                       f"{'; '.join(changes)}; pass --allow-changes to resume with it anyway")
+                       f"{'; '.join(changes)}{why}; pass --allow-changes to resume with it "
+                       f"anyway")
 
 
 def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str | None) -> None:
-    """Refuse a resume whose data moved (see :func:`check_resumable`) when they are not the
-    data the run started with: ``fingerprint`` is the loaded data's content fingerprint."""
-    moved, saved = payload.get("moved_data"), payload.get("data_fingerprint")
-    if not moved or fingerprint == saved:
+    """Refuse to resume with data that are not the run's: ``fingerprint`` is the loaded
+    data's content fingerprint (None: left on disk, or not computed on this rank), compared
+    with the checkpoint's unless the resume allowed changes (see :func:`check_resumable`).
+    Data read from elsewhere must be compared; data where they were, whenever both
+    fingerprints exist (files replaced there, another ``$DISTILL_DATA_DIR``)."""
+    if not payload.get("check_data"):
         return
-    why = (f"are not the run's (fingerprint {saved[:12]} -> {fingerprint[:12]})" if fingerprint
-           else "are left on disk, where they cannot be compared with the run's")
-    raise DistillError(f"--resume {run_dir}: the data were read from elsewhere "
-                       f"({'; '.join(moved)}) and {why}; resume with the run's data, or pass "
-                       f"--allow-changes to resume with these anyway")
+    moved, saved = payload.get("moved_data"), payload.get("data_fingerprint")
+    if fingerprint == saved or (not moved and (saved is None or fingerprint is None)):
+        return
+    place = f"the data were read from elsewhere ({'; '.join(moved)}) and" if moved else "the data"
+    if saved is None or fingerprint is None:
+        why = ("are left on disk here, where they cannot be compared with the run's; hold "
+               "them in memory (--set data.in_memory=true)" if saved else
+               "cannot be compared with the run's (its checkpoint holds no fingerprint)")
+    else:
+        why = (f"are not the run's (fingerprint {saved[:12]} -> {fingerprint[:12]}: other "
+               f"files, or the same decoded otherwise); resume with the run's data")
+    raise DistillError(f"--resume {run_dir}: {place} {why}, or pass --allow-changes to "
+                       f"resume with these anyway")
 
 
-def check_same_teacher(payload: dict[str, Any], sha256: str | None, location: str) -> None:
-    """Refuse to resume a student with a teacher whose weights changed since it started."""
+def check_same_teacher(payload: dict[str, Any], sha256: str | None,
+                       location: str | None) -> None:
+    """Refuse to resume a student with a teacher whose weights changed since it started
+    (``location`` None: no teacher was found this time)."""
     saved = payload.get("teacher_sha256")
+    if saved and location is None:
+        raise DistillError(f"the run started with a teacher (sha256 {saved[:12]}) and none was "
+                           f"found this time; name it with --teacher <its run folder>")
     if saved and sha256 != saved:
         raise DistillError(f"teacher {location} changed since this run started (sha256 "
                            f"{saved[:12]} -> {(sha256 or 'none')[:12]}); resume with the "

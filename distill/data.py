@@ -93,9 +93,9 @@ class Split:
         pass over the data); the labels either way."""
         if isinstance(self.images, ImageFiles):
             h.update(f"files:{self.images.key}".encode())
-        else:
-            h.update(self.images.detach().cpu().contiguous().numpy().tobytes())
-        h.update(self.labels.detach().cpu().contiguous().numpy().tobytes())
+        else:  # the tensor's own bytes, not a copy of them (a whole split, in memory)
+            h.update(memoryview(self.images.detach().cpu().contiguous().numpy()).cast("B"))
+        h.update(memoryview(self.labels.detach().cpu().contiguous().numpy()).cast("B"))
 
 
 @dataclass
@@ -121,14 +121,18 @@ class DataBundle:
 
     def content_fingerprint(self) -> str | None:
         """A short hash of the data themselves, wherever they were read from: the description
-        with the dataset's kind for its name (``imagefolder``, not its path) and every split's
-        pixels and labels. None when a split is left on disk: its files' key holds their
-        location, and hashing them would cost a pass over the data."""
+        with the dataset's kind for its name (``imagefolder``, not its path), the class names
+        and normalisation constants (of the whole training set, ``subset`` or not), and every
+        split's pixels and labels. None when a split is left on disk: its files' key holds
+        their location, and hashing them would cost a pass over the data."""
         splits = [s for s in (self.train, self.val, self.test) if s is not None]
         if any(split.on_disk for split in splits):
             return None
         kind = str(self.description.get("dataset", "")).split(":", 1)[0]
-        h = hashlib.sha256(repr(sorted({**self.description, "dataset": kind}.items())).encode())
+        info = {"class_names": list(self.info.class_names), "mean": list(self.info.mean),
+                "std": list(self.info.std), "in_shape": list(self.info.in_shape)}
+        h = hashlib.sha256(repr(sorted({**self.description, "dataset": kind, **info}.items())
+                                ).encode())
         for split in (self.train, self.val, self.test):
             if split is None:
                 h.update(b"none")

@@ -3,6 +3,7 @@ ImageFolder reading, and the one-line errors for missing or malformed data."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import shutil
@@ -619,6 +620,12 @@ def test_content_fingerprint_follows_the_images_not_their_folder(tmp_path: Path)
     write_png(tmp_path / "b" / "test" / "cat" / "002.png", (10, 10), (10, 20, 201))
     assert fingerprint(tmp_path / "b") != fingerprint(a)  # one test image, blue 200 -> 201
     assert fingerprint(a, data_seed=1) != fingerprint(a)  # another validation split
+    # the normalisation constants count too: they come from every training image, also
+    # those a `subset` leaves out
+    bundle = load_data(DataConfig(name=f"imagefolder:{a}", val_size=2))
+    before = bundle.content_fingerprint()
+    bundle.info = dataclasses.replace(bundle.info, mean=(0.5, 0.5, 0.5))
+    assert bundle.content_fingerprint() != before
     # files left on disk are not hashed (a pass over the data): nothing to compare
     assert fingerprint(a, in_memory=False) is None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_data import fake_mnist
+from test_data import fake_mnist, image_folder, write_png
 from typer.testing import CliRunner
 
 import distill.api as api
@@ -371,6 +371,22 @@ def test_a_student_resumes_with_its_teacher_moved_but_not_with_a_changed_one(tmp
         f"error: teacher {moved} changed since this run started (sha256 ")
 
 
+def test_a_baseline_that_found_a_teacher_is_not_resumed_without_one(tmp_path) -> None:
+    """A baseline (alpha 0) takes the newest teacher run, if any, for its teacher figures;
+    once that run is gone, resuming it without its teacher is refused, not done silently."""
+    out = str(tmp_path)
+    teacher = api.teach(overrides={"teacher.epochs": 1, "output_dir": out}, name="t",
+                        quiet=True).run_dir
+    baseline = api.student(overrides={"student.epochs": 1, "student.alpha": 0.0,
+                                      "output_dir": out}, name="b", quiet=True).run_dir
+    (baseline / "summary.json").unlink()  # as if killed after its last checkpoint
+    sha = load_checkpoint(baseline / LAST)["teacher_sha256"]
+    teacher.rename(tmp_path.parent / f"{tmp_path.name}-teacher-elsewhere")
+    assert user_error("student", "--resume", str(baseline)) == (
+        f"error: the run started with a teacher (sha256 {sha[:12]}) and none was found this "
+        f"time; name it with --teacher <its run folder>")
+
+
 def test_a_run_resumes_with_its_data_read_from_elsewhere_but_not_with_other_data(
         tmp_path) -> None:
     """A run moved to another machine finds its data at another path: the checkpoint holds
@@ -398,8 +414,8 @@ def test_a_run_resumes_with_its_data_read_from_elsewhere_but_not_with_other_data
     assert user_error("teach", "--resume", str(cut), "--data-dir", str(data["other"])) == (
         f"error: --resume {cut}: the data were read from elsewhere (data.data_dir: "
         f"'{data['a']}' -> '{data['other']}') and are not the run's (fingerprint {saved[:12]} "
-        f"-> {other[:12]}); resume with the run's data, or pass --allow-changes to resume "
-        f"with these anyway")
+        f"-> {other[:12]}: other files, or the same decoded otherwise); resume with the run's "
+        f"data, or pass --allow-changes to resume with these anyway")
     assert user_error("teach", "--resume", str(cut), "--data-dir", str(moved), "--lr",
                       "0.01") == (
         f"error: --resume {cut}: the recipe differs from the run's: data.data_dir: "
@@ -411,6 +427,39 @@ def test_a_run_resumes_with_its_data_read_from_elsewhere_but_not_with_other_data
     assert json.loads((cut / "summary.json").read_text())["resumes"][0]["moved"] == [
         f"data.data_dir: '{data['a']}' -> '{moved}'"]
     assert f"data_dir: {moved}" in (cut / "recipe.yaml").read_text()  # the next resume's
+
+
+def test_an_image_folder_read_from_elsewhere_resumes_when_held_in_memory(tmp_path) -> None:
+    """In memory the moved images are compared with the run's and resume it; left on disk
+    they cannot be, and are refused; files replaced where the run found them are refused."""
+    def started(folder: Path, name: str, **more) -> Path:
+        run = api.teach(overrides={"data.name": f"imagefolder:{folder}", "data.val_size": 2,
+                                   "teacher.epochs": 1, "output_dir": str(tmp_path / "runs"),
+                                   **more}, name=name, quiet=True).run_dir
+        (run / "summary.json").unlink()  # as if killed after its last checkpoint
+        return run
+
+    a = image_folder(tmp_path / "a")
+    held, on_disk = started(a, "held"), started(a, "on-disk", **{"data.in_memory": False})
+    b = a.rename(tmp_path / "b")
+    assert user_error("teach", "--resume", str(on_disk), "--dataset", f"imagefolder:{b}") == (
+        f"error: --resume {on_disk}: the recipe differs from the run's: data.name: "
+        f"'imagefolder:{a}' -> 'imagefolder:{b}' (the data moved, and this checkpoint holds "
+        f"no fingerprint to compare them with: they stay on disk, or it predates data "
+        f"fingerprints); pass --allow-changes to resume with it anyway")
+    result = runner.invoke(app, ["teach", "--resume", str(held), "--dataset",
+                                 f"imagefolder:{b}", "--wandb", "disabled", "-q"])
+    assert result.exit_code == 0, result.output
+
+    again = started(b, "again")
+    write_png(b / "train" / "cat" / "000.png", (10, 10), (0, 0, 0))  # replaced in place
+    error = user_error("teach", "--resume", str(again))
+    assert error.startswith(f"error: --resume {again}: the data are not the run's (fingerprint ")
+    assert error.endswith(": other files, or the same decoded otherwise); resume with the "
+                          "run's data, or pass --allow-changes to resume with these anyway")
+    result = runner.invoke(app, ["teach", "--resume", str(again), "--allow-changes",
+                                 "--wandb", "disabled", "-q"])
+    assert result.exit_code == 0, result.output
 
 
 FORK_THEN_RELEASE = """
