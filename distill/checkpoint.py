@@ -391,7 +391,8 @@ def check_same_teacher(payload: dict[str, Any], sha256: str | None,
     if saved and sha256 != saved:
         raise DistillError(f"teacher {location} changed since this run started (sha256 "
                            f"{saved[:12]} -> {(sha256 or 'none')[:12]}); resume with the "
-                           f"teacher it started with")
+                           f"teacher it started with (--teacher <its run folder or weights "
+                           f"file>)")
 
 
 def set_deterministic(enabled: bool) -> None:

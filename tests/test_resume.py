@@ -367,8 +367,10 @@ def test_a_student_resumes_with_its_teacher_moved_but_not_with_a_changed_one(tmp
     key = next(k for k, v in tensors.items() if v.is_floating_point())
     tensors[key] = tensors[key] * 2
     save_file(tensors, str(moved / "model.safetensors"))
-    assert user_error("student", "--resume", str(again), "--teacher", str(moved)).startswith(
-        f"error: teacher {moved} changed since this run started (sha256 ")
+    error = user_error("student", "--resume", str(again), "--teacher", str(moved))
+    assert error.startswith(f"error: teacher {moved} changed since this run started (sha256 ")
+    assert error.endswith("resume with the teacher it started with (--teacher <its run folder "
+                          "or weights file>)")
 
 
 def test_a_baseline_that_found_a_teacher_is_not_resumed_without_one(tmp_path) -> None:
