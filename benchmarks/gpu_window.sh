@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 3, planned for one short lease of the device machine (a fresh
-# machine per call, at most 10 minutes a command, about 30 minutes a session; it has torch,
+# machine per call, at most 10 minutes a command, 15 minutes a session; it has torch,
 # torchvision, timm and typer but no pydantic, no wandb and no network).
 #
 # Here, once (copies the pydantic wheels and the data archives into the git-ignored .gpu/):
