@@ -25,8 +25,8 @@ from safetensors.torch import load_model, save_file
 from distill.augment import build_augment
 from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, FileLock, carried_wall,
                                 check_resumable, check_same_data, check_same_teacher,
-                                clean_stale, lock_run, resume_folder, set_deterministic,
-                                set_rng_state)
+                                clean_stale, fingerprint_to_keep, lock_run, resume_folder,
+                                set_deterministic, set_rng_state)
 from distill.data import DataBundle, load_data, num_batches
 from distill.distributed import World, check_batch, main_first, seed_rank, teardown, wrap
 from distill.distributed import setup as dist_setup
@@ -166,14 +166,16 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     with main_first(world):  # rank 0 fills the data caches, the others read them
         data = load_data(recipe.data)
     # of the data as loaded (CPU): checkpoints keep it, a resume compares it with theirs
-    data_fingerprint = (data.content_fingerprint()  # every rank compares moved data
-                        if main or (checkpoint or {}).get("moved_data") else None)
+    # (on every rank, so that every rank refuses other data, not rank 0 alone)
+    data_fingerprint = data.content_fingerprint() if main or checkpoint else None
     if checkpoint is not None:
         check_same_data(resume, checkpoint, data_fingerprint)
+        data_fingerprint = fingerprint_to_keep(checkpoint, data_fingerprint)
     teacher, source = _student_teacher(recipe, data) if role == "student" else (None, None)
     if checkpoint is not None and role == "student":
-        check_same_teacher(checkpoint, source.sha256 if source else None,
-                           source.location if source else None)
+        changed = check_same_teacher(resume, checkpoint, source.sha256 if source else None,
+                                     source.location if source else None, allow_changes)
+        checkpoint["allowed"] = checkpoint.get("allowed", []) + ([changed] if changed else [])
     seed_everything(recipe.seed)
     model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
                         **cfg.model.build_options())
@@ -279,7 +281,9 @@ def _restore(state: TrainState, checkpoint: dict[str, Any], device: torch.device
          # the wall time of the segments before (None: a checkpoint older than this record)
          "wall_seconds_before": checkpoint.get("wall_seconds")}
         # the same data or teacher, read from elsewhere (see check_resumable)
-        | ({"moved": checkpoint["moved"]} if checkpoint.get("moved") else {})]
+        | ({"moved": checkpoint["moved"]} if checkpoint.get("moved") else {})
+        # what --allow-changes let through: another recipe, data or teacher
+        | ({"changes": checkpoint["allowed"]} if checkpoint.get("allowed") else {})]
     skip = os.environ.get(RESUME_SKIP_ENV, "")  # negative controls of the resume tests
     if "data_order" in skip:
         state.batch_in_epoch, state.sums, state.seen = 0, None, 0
@@ -293,6 +297,10 @@ def _restore(state: TrainState, checkpoint: dict[str, Any], device: torch.device
             ["teacher (sha256)"] if any(c.startswith("student.teacher:") for c in moved) else [])
         console.print(f"read from elsewhere: {'; '.join(moved)}; the same "
                       f"{' and '.join(same)} as the run's", markup=False, highlight=False,
+                      soft_wrap=True)
+    if checkpoint.get("allowed"):
+        console.print(f"resumed with changes (--allow-changes): "
+                      f"{'; '.join(checkpoint['allowed'])}", markup=False, highlight=False,
                       soft_wrap=True)
     return resumes
 

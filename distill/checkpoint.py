@@ -323,9 +323,10 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
     tell whether they are the same: the data (``data.data_dir``, the path of an
     ``imagefolder:``) when it holds their fingerprint; a student's teacher
     (``student.teacher``) when it holds the teacher's sha256. The returned payload adds
-    ``"moved"`` (those changes), ``"moved_data"`` (the data's) and ``"check_data"`` (False
-    with ``allow_changes``) for :func:`check_same_data`, which compares the data once they
-    are loaded; :func:`check_same_teacher` compares the teacher of every resumed student."""
+    ``"moved"`` (those changes), ``"moved_data"`` (the data's), ``"allowed"`` (the changes
+    ``allow_changes`` let through, for the resume record) and ``"check_data"`` (False with
+    ``allow_changes``) for :func:`check_same_data`, which compares the data once they are
+    loaded; :func:`check_same_teacher` compares the teacher of every resumed student."""
     if (run_dir / "summary.json").is_file():
         raise DistillError(f"--resume {run_dir}: the run is finished (summary.json exists); "
                            f"nothing to resume")
@@ -343,13 +344,14 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
                   recipe.model_dump(mode="json"))
     changes = recipe_changes(saved, new)
     if not changes or allow_changes:
-        return {**payload, "check_data": not allow_changes}
+        return {**payload, "check_data": not allow_changes, "allowed": changes}
     checked = bool(payload.get("teacher_sha256"))
     why = ""
     if not recipe_changes(_without_location(saved, checked), _without_location(new, checked)):
         moved_data = [c for c in changes if c.startswith("data.")]
         if not moved_data or payload.get("data_fingerprint"):
-            return {**payload, "moved": changes, "moved_data": moved_data, "check_data": True}
+            return {**payload, "moved": changes, "moved_data": moved_data, "check_data": True,
+                    "allowed": []}
         why = (" (the data moved, and this checkpoint holds no fingerprint to compare them "
                "with: they stay on disk, or it predates data fingerprints)")
     raise DistillError(f"--resume {run_dir}: the recipe differs from the run's: "
@@ -359,20 +361,20 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
 
 def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str | None) -> None:
     """Refuse to resume with data that are not the run's: ``fingerprint`` is the loaded
-    data's content fingerprint (None: left on disk, or not computed on this rank), compared
-    with the checkpoint's unless the resume allowed changes (see :func:`check_resumable`).
-    Data read from elsewhere must be compared; data where they were, whenever both
-    fingerprints exist (files replaced there, another ``$DISTILL_DATA_DIR``)."""
+    data's content fingerprint (None: left on disk), compared with the checkpoint's unless
+    the resume allowed changes (see :func:`check_resumable`, which has already refused moved
+    data its checkpoint holds no fingerprint of). Data read from elsewhere must be compared;
+    data where they were, whenever both fingerprints exist (files replaced there, another
+    ``$DISTILL_DATA_DIR``)."""
     if not payload.get("check_data"):
         return
     moved, saved = payload.get("moved_data"), payload.get("data_fingerprint")
     if fingerprint == saved or (not moved and (saved is None or fingerprint is None)):
         return
     place = f"the data were read from elsewhere ({'; '.join(moved)}) and" if moved else "the data"
-    if saved is None or fingerprint is None:
+    if fingerprint is None:
         why = ("are left on disk here, where they cannot be compared with the run's; hold "
-               "them in memory (--set data.in_memory=true)" if saved else
-               "cannot be compared with the run's (its checkpoint holds no fingerprint)")
+               "them in memory if they fit (--set data.in_memory=true)")
     else:
         why = (f"are not the run's (fingerprint {saved[:12]} -> {fingerprint[:12]}: other "
                f"files, or the same decoded otherwise); resume with the run's data")
@@ -380,19 +382,36 @@ def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str | N
                        f"resume with these anyway")
 
 
-def check_same_teacher(payload: dict[str, Any], sha256: str | None,
-                       location: str | None) -> None:
+def fingerprint_to_keep(payload: dict[str, Any] | None, fingerprint: str | None) -> str | None:
+    """The data fingerprint a resumed run's next checkpoints hold: the loaded data's, or,
+    where they were left on disk at the run's own path, the checkpoint's (so a later move
+    can still be checked); None when a resume with ``--allow-changes`` took them unchecked."""
+    if fingerprint is not None or payload is None:
+        return fingerprint
+    if payload.get("check_data") and not payload.get("moved_data"):
+        return payload.get("data_fingerprint")
+    return None
+
+
+def check_same_teacher(run_dir: Path, payload: dict[str, Any], sha256: str | None,
+                       location: str | None, allow_changes: bool = False) -> str | None:
     """Refuse to resume a student with a teacher whose weights changed since it started
-    (``location`` None: no teacher was found this time)."""
+    (``location`` None: no teacher was found this time, which only a baseline survives).
+    With ``allow_changes`` the change is returned, for the resume record, instead."""
     saved = payload.get("teacher_sha256")
-    if saved and location is None:
-        raise DistillError(f"the run started with a teacher (sha256 {saved[:12]}) and none was "
-                           f"found this time; name it with --teacher <its run folder>")
-    if saved and sha256 != saved:
-        raise DistillError(f"teacher {location} changed since this run started (sha256 "
-                           f"{saved[:12]} -> {(sha256 or 'none')[:12]}); resume with the "
-                           f"teacher it started with (--teacher <its run folder or weights "
-                           f"file>)")
+    if not saved or sha256 == saved:
+        return None
+    if allow_changes:
+        return f"teacher (sha256): {saved[:12]} -> {sha256[:12] if sha256 else 'none found'}"
+    if location is None:
+        raise DistillError(f"--resume {run_dir}: the run started with a teacher (sha256 "
+                           f"{saved[:12]}) and none was found this time; name it with "
+                           f"--teacher <its run folder>, or pass --allow-changes to resume "
+                           f"without it")
+    raise DistillError(f"--resume {run_dir}: teacher {location} changed since this run "
+                       f"started (sha256 {saved[:12]} -> {(sha256 or 'none')[:12]}); resume "
+                       f"with the teacher it started with (--teacher <its run folder>), or "
+                       f"pass --allow-changes to resume with this one anyway")
 
 
 def set_deterministic(enabled: bool) -> None:

@@ -368,14 +368,27 @@ def test_a_student_resumes_with_its_teacher_moved_but_not_with_a_changed_one(tmp
     tensors[key] = tensors[key] * 2
     save_file(tensors, str(moved / "model.safetensors"))
     error = user_error("student", "--resume", str(again), "--teacher", str(moved))
-    assert error.startswith(f"error: teacher {moved} changed since this run started (sha256 ")
-    assert error.endswith("resume with the teacher it started with (--teacher <its run folder "
-                          "or weights file>)")
+    assert error.startswith(f"error: --resume {again}: teacher {moved} changed since this run "
+                            f"started (sha256 ")
+    assert error.endswith("resume with the teacher it started with (--teacher <its run "
+                          "folder>), or pass --allow-changes to resume with this one anyway")
+    # allowed, the other teacher is said and recorded
+    sha = load_checkpoint(again / LAST)["teacher_sha256"]
+    result = runner.invoke(app, ["student", "--resume", str(again), "--teacher", str(moved),
+                                 "--allow-changes", "--wandb", "disabled"])
+    assert result.exit_code == 0, result.output
+    other = json.loads((again / "summary.json").read_text())["teacher"]["sha256"]
+    changes = [f"student.teacher: '{teacher}' -> '{moved}'",
+               f"teacher (sha256): {sha[:12]} -> {other[:12]}"]
+    assert other != sha
+    assert f"resumed with changes (--allow-changes): {'; '.join(changes)}" in result.stderr
+    assert json.loads((again / "summary.json").read_text())["resumes"][-1]["changes"] == changes
 
 
 def test_a_baseline_that_found_a_teacher_is_not_resumed_without_one(tmp_path) -> None:
     """A baseline (alpha 0) takes the newest teacher run, if any, for its teacher figures;
-    once that run is gone, resuming it without its teacher is refused, not done silently."""
+    once that run is gone, resuming it without its teacher is refused, not done silently,
+    unless the user allows it: then it finishes without teacher figures, and says so."""
     out = str(tmp_path)
     teacher = api.teach(overrides={"teacher.epochs": 1, "output_dir": out}, name="t",
                         quiet=True).run_dir
@@ -385,8 +398,16 @@ def test_a_baseline_that_found_a_teacher_is_not_resumed_without_one(tmp_path) ->
     sha = load_checkpoint(baseline / LAST)["teacher_sha256"]
     teacher.rename(tmp_path.parent / f"{tmp_path.name}-teacher-elsewhere")
     assert user_error("student", "--resume", str(baseline)) == (
-        f"error: the run started with a teacher (sha256 {sha[:12]}) and none was found this "
-        f"time; name it with --teacher <its run folder>")
+        f"error: --resume {baseline}: the run started with a teacher (sha256 {sha[:12]}) and "
+        f"none was found this time; name it with --teacher <its run folder>, or pass "
+        f"--allow-changes to resume without it")
+    result = runner.invoke(app, ["student", "--resume", str(baseline), "--allow-changes",
+                                 "--wandb", "disabled"])
+    assert result.exit_code == 0, result.output
+    change = f"teacher (sha256): {sha[:12]} -> none found"
+    assert f"resumed with changes (--allow-changes): {change}" in result.stderr
+    summary = json.loads((baseline / "summary.json").read_text())
+    assert summary["resumes"][-1]["changes"] == [change] and summary.get("teacher") is None
 
 
 def test_a_run_resumes_with_its_data_read_from_elsewhere_but_not_with_other_data(
@@ -462,6 +483,28 @@ def test_an_image_folder_read_from_elsewhere_resumes_when_held_in_memory(tmp_pat
     result = runner.invoke(app, ["teach", "--resume", str(again), "--allow-changes",
                                  "--wandb", "disabled", "-q"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_run_resumed_from_disk_keeps_its_data_fingerprint(tmp_path) -> None:
+    """Resumed with its images left on disk (data.in_memory only places the data), a run
+    cannot hash them; its next checkpoints keep the fingerprint it started with, so a later
+    move of the data can still be checked."""
+    a = image_folder(tmp_path / "a")
+    cmd = [sys.executable, "-m", "distill", "teach", "--dataset", f"imagefolder:{a}", "--set",
+           "data.val_size=2", "--output-dir", str(tmp_path / "runs"), "--name", "cut", *FLAGS]
+    killed = subprocess.run(cmd, capture_output=True, text=True,
+                            env={**os.environ, KILL_AFTER_SAVE_ENV: "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    cut = tmp_path / "runs" / "cut"
+    first = load_checkpoint(cut / LAST)
+    assert first["data_fingerprint"] is not None and first["state"]["epoch"] < 2
+
+    result = runner.invoke(app, ["teach", "--resume", str(cut), "--set",
+                                 "data.in_memory=false", "--wandb", "disabled", "-q"])
+    assert result.exit_code == 0, result.output
+    last = load_checkpoint(cut / LAST)
+    assert last["state"]["epoch"] == 2  # written by the resumed run, from disk
+    assert last["data_fingerprint"] == first["data_fingerprint"]
 
 
 FORK_THEN_RELEASE = """
