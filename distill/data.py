@@ -125,13 +125,25 @@ class DataBundle:
         and normalisation constants (of the whole training set, ``subset`` or not), and every
         split's pixels and labels. None when a split is left on disk: its files' key holds
         their location, and hashing them would cost a pass over the data."""
-        splits = [s for s in (self.train, self.val, self.test) if s is not None]
-        if any(split.on_disk for split in splits):
+        if any(split.on_disk for split in self._splits()):
             return None
-        kind = str(self.description.get("dataset", "")).split(":", 1)[0]
+        return self._digest(str(self.description.get("dataset", "")).split(":", 1)[0])
+
+    def cache_fingerprint(self) -> str:
+        """What a cache of results computed from these data is keyed by: the content
+        fingerprint when every split is in memory (the same images read from elsewhere hit
+        the same entry); for splits left on disk, the same digest over the dataset's full
+        name and the files' keys (names, sizes, modification times) in place of pixels."""
+        return (self.content_fingerprint()
+                or self._digest(str(self.description.get("dataset", ""))))
+
+    def _splits(self) -> list[Split]:
+        return [s for s in (self.train, self.val, self.test) if s is not None]
+
+    def _digest(self, dataset: str) -> str:
         info = {"class_names": list(self.info.class_names), "mean": list(self.info.mean),
                 "std": list(self.info.std), "in_shape": list(self.info.in_shape)}
-        h = hashlib.sha256(repr(sorted({**self.description, "dataset": kind, **info}.items())
+        h = hashlib.sha256(repr(sorted({**self.description, "dataset": dataset, **info}.items())
                                 ).encode())
         for split in (self.train, self.val, self.test):
             if split is None:

@@ -8,11 +8,12 @@ training batch of indices ``idx`` reads ``train[idx]``.
 
 Where: ``<teacher run>/teacher-logits/<key>.safetensors`` for a teacher run folder, and
 ``<output_dir>/teacher-logits/`` for a bare weights file. The key hashes everything the
-logits depend on: the teacher's weights (sha256) and model spec, the dataset (name,
-description, and the bytes of every split's images and labels), the preprocessing
-(normalisation constants, input shape) and the device type the teacher ran on (its cost
-profile's latency is that device's). Change any of them and the key changes, so a stale file
-is never read. A teacher without a weights hash (``timm:<name>``) is not cached.
+logits depend on: the teacher's weights (sha256) and model spec, the data
+(:meth:`DataBundle.cache_fingerprint`: description, preprocessing, and the bytes of every
+split's images and labels, or the files' keys of splits left on disk) and the device type the
+teacher ran on (its cost profile's latency is that device's). Change any of them and the key
+changes, so a stale file is never read; the same images read from another path (in memory)
+keep their key. A teacher without a weights hash (``timm:<name>``) is not cached.
 
 The logits are computed in float32 (no autocast): with bf16 autocast on (the GPU default) a
 student reading them gets more precise teacher logits than a live bf16 forward would give.
@@ -52,18 +53,10 @@ class TeacherLogits:
 
 def cache_key(source: TeacherSource, data: DataBundle, device: str = "cpu") -> str:
     """A hex key of everything the logits depend on (see the module docstring)."""
-    h = hashlib.sha256()
     meta = {"format": FORMAT, "teacher_sha256": source.sha256, "teacher_model": source.model,
-            "dataset": data.info.name, "description": data.description,
-            "mean": list(data.info.mean), "std": list(data.info.std),
-            "in_shape": list(data.info.in_shape), "precision": "float32", "device": device}
-    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    for split in (data.train, data.val, data.test):
-        if split is None:
-            h.update(b"none")
-            continue
-        split.update_hash(h)
-    return h.hexdigest()[:24]
+            "data": data.cache_fingerprint(), "precision": "float32", "device": device}
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:24]
 
 
 def cache_folder(source: TeacherSource, output_dir: Path) -> Path | None:

@@ -97,6 +97,28 @@ def test_the_cache_key_changes_with_teacher_data_and_preprocessing(teachers) -> 
     assert key not in keys and len(keys) == 6
 
 
+def test_the_same_images_read_from_elsewhere_keep_their_cache_key(tmp_path, teachers) -> None:
+    """Images held in memory are keyed by their pixels, so a copy at another path hits the
+    cache; files left on disk are keyed by their listing there (path included)."""
+    import shutil
+
+    from test_data import image_folder, write_png
+
+    _, source = load_teacher(str(teachers[0]), None, load_data(DataConfig()).info,
+                             teachers[0].parent)
+    a = image_folder(tmp_path / "a")
+    b = shutil.copytree(a, tmp_path / "b")
+
+    def key(root: Path, **kw) -> str:
+        return cache_key(source, load_data(DataConfig(name=f"imagefolder:{root}", val_size=2,
+                                                      **kw)))
+
+    assert key(a) == key(b)
+    assert key(a, in_memory=False) != key(b, in_memory=False)
+    write_png(b / "train" / "cat" / "000.png", (10, 10), (0, 0, 0))  # one image replaced
+    assert key(a) != key(b)
+
+
 def test_cached_logits_are_the_teachers_and_train_the_same_student(tmp_path, teachers) -> None:
     """Index for index, the cache holds what the teacher outputs; a student trained from it
     equals one trained with the teacher run on every batch, and one trained from the cache
