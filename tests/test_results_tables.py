@@ -167,7 +167,8 @@ def test_a_run_the_longer_teacher_table_would_misreport_is_refused(tmp_path) -> 
     other = out / "cifar-students" / "moved-other-weights"
     assert refusal(other, "distilled") == (
         f"{other}: its teacher (/device/runs/cifar-teachers/teacher-e60) is not a finished "
-        "run here, so its 60 epochs cannot be checked")
+        "run here with the weights it learnt from (sha256 abd), so its 60 epochs cannot be "
+        "checked")
     r.add(out / "cifar-students" / "moved", "cifar10_jpeg_resnet_e60", "distilled", "d", store)
     assert [p.name for p in (store / "cifar10_jpeg_resnet_e60").glob("*.json")] == [
         "distilled-s0.json"]

@@ -129,9 +129,12 @@ def _check_fits(run: Path, summary: dict, experiment: str, variant: str) -> None
     else:
         teacher, epochs = _teacher_of(run, summary)
         if teacher is None:
-            location = (summary.get("teacher") or {}).get("location")
-            raise ValueError(f"{run}: its teacher ({location or 'none named'}) is not a "
-                             f"finished run here, so its {want} epochs cannot be checked")
+            info = summary.get("teacher") or {}
+            weights = f" with the weights it learnt from (sha256 {info['sha256'][:12]})" if (
+                info.get("sha256")) else ""
+            raise ValueError(f"{run}: its teacher ({info.get('location') or 'none named'}) is "
+                             f"not a finished run here{weights}, so its {want} epochs cannot "
+                             f"be checked")
     if epochs != want:
         raise ValueError(f"{teacher}: trained {epochs} epochs; {experiment} holds teachers "
                          f"trained {want}")
