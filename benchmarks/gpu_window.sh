@@ -58,9 +58,13 @@ if [ "$step" = unpack ]; then  # here: a step's runs into the stage, for the nex
     archive="${2:?$usage}"
     [ -d "$stage/data" ] || {
         echo "unpack: no stage at $stage (run the stage step first)"; exit 2; }
-    tar xzf "$archive" -C "$stage" runs 2> /dev/null || {
-        echo "unpack: no runs in $archive (only the hinton and cifar steps bring runs back)"
-        exit 2; }
+    # only CIFAR runs go on in a later call: the hinton step is timed whole within one call,
+    # and its archive holds no weights for a later call's students to learn from
+    members="$(tar tzf "$archive")"  # a damaged archive fails here, saying why
+    grep -q '^runs/cifar/' <<< "$members" || {
+        echo "unpack: no CIFAR runs in $archive (only the cifar step's archives go on in a" \
+             "later call)"; exit 2; }
+    tar xzf "$archive" -C "$stage" runs/cifar
     # a run that has finished since its checkpoint came back needs it no more: it would only
     # weigh on every call's carry (64 MiB in all)
     for summary in "$stage"/runs/*/*/*/summary.json; do
@@ -178,7 +182,8 @@ pack "${resumable:-0}"
 most="${GPU_FILE_KB:-16384}"  # the device returns files of 16 MiB at most
 if [ "$size" -gt "$most" ] && [ -n "${resumable:-}" ]; then
     echo "over $most KB with checkpoints ($size KB): packed again without them; the runs cut" \
-         "short will start again" | tee -a "$work/times.txt"
+         "short resume from the checkpoint the stage had before this call, if any, else start" \
+         "again" | tee -a "$work/times.txt"
     failed=1
     pack 0
 fi

@@ -119,6 +119,10 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
                  for p in hinton.iterdir() if p.is_dir()}
     assert summaries["mnist-baseline-s0"]["kd"]["alpha"] == 0.0
     assert summaries["mnist-distilled-val-s0"]["kd"] == {"T": 20.0, "alpha": 0.5}
+    # timed whole in one call, without the teacher's weights: never carried to the next
+    assert call(env, "unpack", str(results / "hinton.tar.gz"), status=2).strip() == (
+        f"unpack: no CIFAR runs in {results / 'hinton.tar.gz'} (only the cifar step's "
+        "archives go on in a later call)")
 
     env["EXTRA"] += " --set data.val_size=10"  # the CIFAR recipe holds 5000 out
     here = stage  # as .gpu/ here: each call runs on a copy of it at a path of its own
@@ -194,6 +198,18 @@ def test_gpu_window_refuses_an_unknown_step_before_any_set_up(tmp_path) -> None:
     assert not (tmp_path / "stage").exists()
 
 
+def test_unpack_says_why_an_archive_cannot_be_read(tmp_path) -> None:
+    """A damaged archive fails with tar's own words, not as an archive without runs."""
+    env, stage, _ = staged(tmp_path)
+    broken = tmp_path / "cifar-s0.tar.gz"
+    broken.write_bytes(b"not an archive")
+    done = subprocess.run(["bash", str(SCRIPT), "unpack", str(broken)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "no CIFAR runs" not in done.stdout
+    assert "gzip" in done.stderr, done.stderr  # "gzip: stdin: not in gzip format"
+    assert not (stage / "runs").exists()
+
+
 def test_a_step_out_of_time_still_returns_its_archive_and_fails(tmp_path) -> None:
     """STEP_LIMIT holds a step under the device's 600 s per command: what has no time left
     is logged as exit 124, the archive of what there is still comes back, and the step's exit
@@ -221,5 +237,6 @@ def test_a_cifar_archive_too_big_with_checkpoints_comes_back_without_them(tmp_pa
     out = call(env, "cifar", "0", status=1)
     back = unpack(results / "cifar-s0.tar.gz", tmp_path / "back")
     assert not list(back.rglob("*.pt")) and (back / "cifar-s0.log").is_file()
-    assert "packed again without them; the runs cut short will start again" in out
+    assert ("packed again without them; the runs cut short resume from the checkpoint the "
+            "stage had before this call, if any, else start again") in out
     assert "without them" in (back / "times.txt").read_text()
