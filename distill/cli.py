@@ -352,9 +352,12 @@ def main() -> None:
         from click.exceptions import UsageError
 
         NoArgsIsHelpError = ()  # noqa: N806
+    # plain `distill`: the overview, as --help (typer 0.29 prints it itself before raising
+    # NoArgsIsHelpError, older ones do not: printing it on that error showed it twice)
+    args = sys.argv[1:] or ["--help"]
     try:
-        code = app(prog_name="distill", standalone_mode=False)
-    except NoArgsIsHelpError as exc:  # plain `distill`: the overview, not an error
+        code = app(prog_name="distill", args=args, standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # a group without its command, on an older typer
         print(exc.ctx.get_help())
         sys.exit(0)
     except UsageError as exc:

@@ -76,12 +76,14 @@ def test_recipe_file_with_unknown_key(tmp_path: Path) -> None:
 def test_set_override_out_of_range(tmp_path: Path) -> None:
     result = run_cli("teach", "--set", "student.T=-1", *train_args(tmp_path))
     assert_user_error(result, "command line: student.T: Input should be greater than 0, got -1")
+    assert_no_run_started(tmp_path)
 
 
 def test_set_without_equals(tmp_path: Path) -> None:
     result = run_cli("teach", "--set", "student.T", *train_args(tmp_path))
     assert_user_error(result, "--set 'student.T': expected key.path=value, "
                               "e.g. --set student.T=4")
+    assert_no_run_started(tmp_path)
 
 
 def test_unknown_recipe_name(tmp_path: Path) -> None:
@@ -117,6 +119,7 @@ def test_missing_mnist_files(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: mnist: files not found (")
     assert result.stderr.count("\n") == 1
     assert "pass --data-dir <folder> (or set DISTILL_DATA_DIR)" in result.stderr
+    assert_no_run_started(tmp_path)
 
 
 def test_teacher_does_not_exist(tmp_path: Path) -> None:
@@ -164,12 +167,14 @@ def test_bad_device_name(tmp_path: Path) -> None:
     result = run_cli("teach", "--device", "gpu0", *train_args(tmp_path))
     assert_user_error(result, "device 'gpu0': not a device name; use auto, cpu, cuda, cuda:N "
                               "or mps")
+    assert_no_run_started(tmp_path)
 
 
 def test_bad_wandb_mode(tmp_path: Path) -> None:
     result = run_cli("teach", "--wandb", "bogus", "--output-dir", str(tmp_path / "out"))
     assert_user_error(result, "command line: wandb.mode: Input should be 'auto', 'online', "
                               "'offline' or 'disabled', got 'bogus'")
+    assert_no_run_started(tmp_path)
 
 
 # ----------------------------------------------------------------------------- --debug
@@ -252,6 +257,11 @@ def test_help_mentions_the_options(command: str, options: list[str],
         assert option in result.stdout, (option, result.stdout)
 
 
-def test_no_command_shows_help() -> None:
-    result = run_cli()
-    assert "teach" in result.output and "student" in result.output and "eval" in result.output
+def test_no_command_shows_help_once() -> None:
+    """Plain `distill` (the console script's entry point) prints the overview once, exit 0."""
+    done = subprocess.run([sys.executable, "-m", "distill"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "100"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("Usage: distill") == 1, done.stdout
+    assert all(command in done.stdout for command in ("teach", "student", "sweep", "eval"))
+    assert done.stderr == ""
