@@ -138,9 +138,13 @@ def test_best_on_validation_is_recorded_but_test_is_the_last_epoch(runs) -> None
         model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
                             **cfg.model.build_options())
         model.load_state_dict(load_file(str(runs["student"] / f"{weights}.safetensors")))
-        hits = predict(model, data.val, data.info).argmax(1) == data.val.labels
+        val_logits = predict(model, data.val, data.info)
+        hits = val_logits.argmax(1) == data.val.labels
         accuracy[weights] = hits.float().mean().item()
         test_logits[weights] = predict(model, data.test, data.info)
+        if weights == "model":  # the last epoch's val_loss: cross-entropy on validation
+            nll = torch.nn.functional.cross_entropy(val_logits.double(), data.val.labels)
+            assert lines[-1]["val_loss"] == pytest.approx(nll.item(), rel=1e-5)
     assert accuracy["best"] == pytest.approx(best["val_accuracy"], abs=1e-6)
     assert accuracy["model"] == pytest.approx(lines[-1]["val_accuracy"], abs=1e-6)
     if best["val_accuracy"] > lines[-1]["val_accuracy"]:
@@ -184,8 +188,14 @@ def test_eval_reproduces_the_summary_and_reports_gap(runs) -> None:
     data = json.loads(result.stdout)
     s = summary(runs["student"])
     assert data["test"]["accuracy"] == pytest.approx(s["test"]["accuracy"], abs=1e-12)
+    # the teacher's figures against the teacher run's own evaluation (the student's summary
+    # and eval may both read them from the teacher-logits cache), and the agreement, which
+    # eval computes again from the student's and the teacher's test logits
     assert data["teacher"]["test"]["accuracy"] == pytest.approx(
-        s["teacher"]["test"]["accuracy"], abs=1e-12)
+        summary(runs["teacher"])["test"]["accuracy"], abs=1e-12)
+    assert data["agreement_with_teacher"] == pytest.approx(s["agreement_with_teacher"],
+                                                           abs=1e-12)
+    assert 0.9 < s["agreement_with_teacher"] < 1  # the student is close to its teacher
     base = summary(runs["baseline"])["test"]["accuracy"]
     teacher = s["teacher"]["test"]["accuracy"]
     expected = (s["test"]["accuracy"] - base) / (teacher - base) if teacher != base else None
