@@ -10,6 +10,9 @@
 #                                           (MNIST and CIFAR ResNets; benchmarks/data_path.py)
 #   bash benchmarks/gpu_window.sh hinton    the MNIST reproduction of one seed as the issue
 #                                           times it: teacher, baseline, distilled student
+#   bash benchmarks/gpu_window.sh first     speed, then hinton, in one call and one archive
+#                                           (first.tar.gz): a 15-minute lease's first call,
+#                                           so that no second start or idle wait is paid
 #   bash benchmarks/gpu_window.sh cifar S   seed S of the CIFAR reproduction (teacher and
 #                                           baseline side by side, then the distilled student)
 # Every step runs on whatever device distill picks (the GPU there, the CPU in CI's smoke
@@ -30,11 +33,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD" stage="${GPU_STAGE:-$PWD/.gpu}"  # GPU_STAGE: elsewhere (CI's smoke test)
-usage="usage: gpu_window.sh stage [data folder] | speed | hinton | cifar <seed> | unpack"
+usage="usage: gpu_window.sh stage [data folder] | speed | hinton | first | cifar <seed> |"
+usage+=" unpack"
 usage+=" <archive>"
 step="${1:?$usage}"
 case "$step" in
-    stage | speed | hinton | cifar | unpack) ;;
+    stage | speed | hinton | first | cifar | unpack) ;;
     *) echo "unknown step '$step'; $usage"; exit 2 ;;
 esac
 
@@ -129,18 +133,22 @@ timed() {  # timed <name> <command...>: runs it in what is left of the step's ti
 read -r -a bench <<< "${BENCH_ARGS:-}"
 cifar=(--recipe cifar10_jpeg_resnet --dataset "imagefolder:$images")
 left_out=(--exclude='*.safetensors')  # the MNIST nets' weights would outgrow 16 MiB
+speed() {  # pipeline vs reference loop, MNIST then the CIFAR ResNets
+    timed speed-mnist python3 benchmarks/data_path.py --recipe mnist_hinton \
+        --data-dir "$stage/data" --epochs 2 --out "$work/speed-mnist.json" \
+        ${bench[@]+"${bench[@]}"}
+    timed speed-cifar python3 benchmarks/data_path.py "${cifar[@]}" --epochs 2 \
+        --out "$work/speed-cifar.json" ${bench[@]+"${bench[@]}"}
+}
+hinton() {  # one seed of the MNIST reproduction, timed whole
+    timed hinton env OUT="$runs/mnist" RECORD=0 STUDENTS="baseline distilled-val" \
+        bash docs/results/mnist_hinton.sh "$link/data" 0
+}
+kept=()
 case "$step" in
-    speed)
-        timed speed-mnist python3 benchmarks/data_path.py --recipe mnist_hinton \
-            --data-dir "$stage/data" --epochs 2 --out "$work/speed-mnist.json" \
-            ${bench[@]+"${bench[@]}"}
-        timed speed-cifar python3 benchmarks/data_path.py "${cifar[@]}" --epochs 2 \
-            --out "$work/speed-cifar.json" ${bench[@]+"${bench[@]}"}
-        kept=() ;;
-    hinton)
-        timed hinton env OUT="$runs/mnist" RECORD=0 STUDENTS="baseline distilled-val" \
-            bash docs/results/mnist_hinton.sh "$link/data" 0
-        kept=(runs/mnist) ;;
+    speed) speed ;;
+    hinton) hinton; kept=(runs/mnist) ;;
+    first) speed; hinton; kept=(runs/mnist) ;;
     cifar)
         seed="${2:?$usage}"
         step="cifar-s$seed"

@@ -97,21 +97,21 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
               "--set teacher.batch_size=16 --set student.batch_size=16")
     assert sorted(p.name for p in (stage / "data").iterdir()) == ["cifar10-jpeg.tar.gz", "mnist"]
 
-    call(env, "speed")
-    speed = unpack(results / "speed.tar.gz", tmp_path / "speed")
+    call(env, "first")  # speed, then hinton, in one call and one archive
+    speed = unpack(results / "first.tar.gz", tmp_path / "first")
     for name in ("speed-mnist", "speed-cifar"):
         figures = json.loads((speed / f"{name}.json").read_text())
         assert figures["results"]["reference"]["student_seconds"] > 0, figures
         assert figures["results"]["pipeline"]["student_seconds"] > 0, figures
     times = (speed / "times.txt").read_text()
     assert "speed-mnist: exit 0" in times and "speed-cifar: exit 0" in times
+    assert "hinton: exit 0" in times
     # the benchmarks' run folders (over 100 MB each on full MNIST) filled a disk once;
     # torch.compile's cache (torchinductor_<user>) is meant to stay and be shared
     left = [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchind")]
     assert not left
 
-    call(env, "hinton")
-    hinton = unpack(results / "hinton.tar.gz", tmp_path / "hinton") / "runs" / "mnist"
+    hinton = speed / "runs" / "mnist"
     assert not list(hinton.rglob("*.safetensors"))  # MNIST weights would outgrow 16 MiB
     assert sorted(p.name for p in hinton.iterdir() if p.is_dir()) == [
         "mnist-baseline-s0", "mnist-distilled-val-s0", "mnist-teacher-s0"]
@@ -120,8 +120,8 @@ def test_gpu_window_stages_here_and_every_step_returns_an_archive(tmp_path) -> N
     assert summaries["mnist-baseline-s0"]["kd"]["alpha"] == 0.0
     assert summaries["mnist-distilled-val-s0"]["kd"] == {"T": 20.0, "alpha": 0.5}
     # timed whole in one call, without the teacher's weights: never carried to the next
-    assert call(env, "unpack", str(results / "hinton.tar.gz"), status=2).strip() == (
-        f"unpack: no CIFAR runs in {results / 'hinton.tar.gz'} (only the cifar step's "
+    assert call(env, "unpack", str(results / "first.tar.gz"), status=2).strip() == (
+        f"unpack: no CIFAR runs in {results / 'first.tar.gz'} (only the cifar step's "
         "archives go on in a later call)")
 
     env["EXTRA"] += " --set data.val_size=10"  # the CIFAR recipe holds 5000 out
@@ -194,7 +194,7 @@ def test_gpu_window_refuses_an_unknown_step_before_any_set_up(tmp_path) -> None:
                           env={**os.environ, "GPU_STAGE": str(tmp_path / "stage")})
     assert done.returncode == 2
     assert done.stdout.strip() == ("unknown step 'sped'; usage: gpu_window.sh stage [data "
-                                   "folder] | speed | hinton | cifar <seed> | unpack <archive>")
+                                   "folder] | speed | hinton | first | cifar <seed> | unpack <archive>")
     assert not (tmp_path / "stage").exists()
 
 
