@@ -34,8 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD" stage="${GPU_STAGE:-$PWD/.gpu}"  # GPU_STAGE: elsewhere (CI's smoke test)
 usage="usage: gpu_window.sh stage [data folder] | speed | hinton | first | cifar <seed> |"
-usage+=" unpack"
-usage+=" <archive>"
+usage+=" unpack <archive>"
 step="${1:?$usage}"
 case "$step" in
     stage | speed | hinton | first | cifar | unpack) ;;
@@ -140,15 +139,16 @@ speed() {  # pipeline vs reference loop, MNIST then the CIFAR ResNets
     timed speed-cifar python3 benchmarks/data_path.py "${cifar[@]}" --epochs 2 \
         --out "$work/speed-cifar.json" ${bench[@]+"${bench[@]}"}
 }
-hinton() {  # one seed of the MNIST reproduction, timed whole
+hinton() {  # one seed of the MNIST reproduction, timed whole; its runs come back
     timed hinton env OUT="$runs/mnist" RECORD=0 STUDENTS="baseline distilled-val" \
         bash docs/results/mnist_hinton.sh "$link/data" 0
+    kept=(runs/mnist)
 }
 kept=()
 case "$step" in
     speed) speed ;;
-    hinton) hinton; kept=(runs/mnist) ;;
-    first) speed; hinton; kept=(runs/mnist) ;;
+    hinton) hinton ;;
+    first) speed; hinton ;;
     cifar)
         seed="${2:?$usage}"
         step="cifar-s$seed"

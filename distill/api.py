@@ -25,8 +25,8 @@ from safetensors.torch import load_model, save_file
 from distill.augment import build_augment
 from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, FileLock, carried_wall,
                                 check_resumable, check_same_data, check_same_teacher,
-                                clean_stale, fingerprint_to_keep, lock_run, resume_folder,
-                                set_deterministic, set_rng_state)
+                                clean_stale, lock_run, resume_folder, set_deterministic,
+                                set_rng_state)
 from distill.data import DataBundle, load_data, num_batches
 from distill.distributed import World, check_batch, main_first, seed_rank, teardown, wrap
 from distill.distributed import setup as dist_setup
@@ -168,14 +168,13 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     # of the data as loaded (CPU): checkpoints keep it, a resume compares it with theirs
     # (on every rank, so that every rank refuses other data, not rank 0 alone)
     data_fingerprint = data.content_fingerprint() if main or checkpoint else None
-    if checkpoint is not None:
-        check_same_data(resume, checkpoint, data_fingerprint)
-        data_fingerprint = fingerprint_to_keep(checkpoint, data_fingerprint)
+    if checkpoint is not None:  # and the fingerprint its next checkpoints hold
+        data_fingerprint = check_same_data(resume, checkpoint, data_fingerprint)
     teacher, source = _student_teacher(recipe, data) if role == "student" else (None, None)
     if checkpoint is not None and role == "student":
         changed = check_same_teacher(resume, checkpoint, source.sha256 if source else None,
                                      source.location if source else None, allow_changes)
-        checkpoint["allowed"] = checkpoint.get("allowed", []) + ([changed] if changed else [])
+        checkpoint["allowed"] = checkpoint["allowed"] + ([changed] if changed else [])
     seed_everything(recipe.seed)
     model = build_model(cfg.model.name, data.info.in_shape, data.info.num_classes,
                         **cfg.model.build_options())

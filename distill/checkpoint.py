@@ -359,18 +359,23 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
                        f"anyway")
 
 
-def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str | None) -> None:
+def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str | None
+                    ) -> str | None:
     """Refuse to resume with data that are not the run's: ``fingerprint`` is the loaded
     data's content fingerprint (None: left on disk), compared with the checkpoint's unless
     the resume allowed changes (see :func:`check_resumable`, which has already refused moved
     data its checkpoint holds no fingerprint of). Data read from elsewhere must be compared;
     data where they were, whenever both fingerprints exist (files replaced there, another
-    ``$DISTILL_DATA_DIR``)."""
+    ``$DISTILL_DATA_DIR``).
+
+    Returns the fingerprint the resumed run's next checkpoints hold: ``fingerprint``, or,
+    for data left on disk at the run's own path, the checkpoint's (so that a later move can
+    still be checked); an unchecked resume (``--allow-changes``) keeps only its own."""
     if not payload.get("check_data"):
-        return
+        return fingerprint
     moved, saved = payload.get("moved_data"), payload.get("data_fingerprint")
     if fingerprint == saved or (not moved and (saved is None or fingerprint is None)):
-        return
+        return fingerprint or saved
     place = f"the data were read from elsewhere ({'; '.join(moved)}) and" if moved else "the data"
     if fingerprint is None:
         why = ("are left on disk here, where they cannot be compared with the run's; hold "
@@ -380,17 +385,6 @@ def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str | N
                f"files, or the same decoded otherwise); resume with the run's data")
     raise DistillError(f"--resume {run_dir}: {place} {why}, or pass --allow-changes to "
                        f"resume with these anyway")
-
-
-def fingerprint_to_keep(payload: dict[str, Any] | None, fingerprint: str | None) -> str | None:
-    """The data fingerprint a resumed run's next checkpoints hold: the loaded data's, or,
-    where they were left on disk at the run's own path, the checkpoint's (so a later move
-    can still be checked); None when a resume with ``--allow-changes`` took them unchecked."""
-    if fingerprint is not None or payload is None:
-        return fingerprint
-    if payload.get("check_data") and not payload.get("moved_data"):
-        return payload.get("data_fingerprint")
-    return None
 
 
 def check_same_teacher(run_dir: Path, payload: dict[str, Any], sha256: str | None,

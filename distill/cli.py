@@ -347,19 +347,15 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def main() -> None:
     """Console-script entry point: usage errors (bad flags or values) are one line, exit 2."""
     try:  # typer >= 0.25 vendors click; older typer uses click itself
-        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+        from typer._click.exceptions import UsageError
     except ImportError:  # pragma: no cover - depends on the installed typer
         from click.exceptions import UsageError
 
-        NoArgsIsHelpError = ()  # noqa: N806
     # plain `distill`: the overview, as --help (typer 0.29 prints it itself before raising
     # NoArgsIsHelpError, older ones do not: printing it on that error showed it twice)
     args = sys.argv[1:] or ["--help"]
     try:
         code = app(prog_name="distill", args=args, standalone_mode=False)
-    except NoArgsIsHelpError as exc:  # a group without its command, on an older typer
-        print(exc.ctx.get_help())
-        sys.exit(0)
     except UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "distill"
         err.print(f"error: {exc.format_message()} (see: {command} --help)", markup=False,

@@ -130,8 +130,8 @@ def _check_fits(run: Path, summary: dict, experiment: str, variant: str) -> None
         teacher, epochs = _teacher_of(run, summary)
         if teacher is None:
             info = summary.get("teacher") or {}
-            weights = f" with the weights it learnt from (sha256 {info['sha256'][:12]})" if (
-                info.get("sha256")) else ""
+            sha = info.get("sha256")
+            weights = f" with the weights it learnt from (sha256 {sha[:12]})" if sha else ""
             raise ValueError(f"{run}: its teacher ({info.get('location') or 'none named'}) is "
                              f"not a finished run here{weights}, so its {want} epochs cannot "
                              f"be checked")
