@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.data import FILES_FINGERPRINT
 from distill.errors import DistillError
 
 FORMAT_VERSION = 1
@@ -353,38 +354,57 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
             return {**payload, "moved": changes, "moved_data": moved_data, "check_data": True,
                     "allowed": []}
         why = (" (the data moved, and this checkpoint holds no fingerprint to compare them "
-               "with: they stay on disk, or it predates data fingerprints)")
+               "with: it predates data fingerprints, or those of files left on disk)")
     raise DistillError(f"--resume {run_dir}: the recipe differs from the run's: "
                        f"{'; '.join(changes)}{why}; pass --allow-changes to resume with it "
                        f"anyway")
 
 
-def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str | None
-                    ) -> str | None:
+def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str) -> str | None:
     """Refuse to resume with data that are not the run's: ``fingerprint`` is the loaded
-    data's content fingerprint (None: left on disk), compared with the checkpoint's unless
-    the resume allowed changes (see :func:`check_resumable`, which has already refused moved
-    data its checkpoint holds no fingerprint of). Data read from elsewhere must be compared;
-    data where they were, whenever both fingerprints exist (files replaced there, another
-    ``$DISTILL_DATA_DIR``).
+    data's content fingerprint (:meth:`DataBundle.content_fingerprint`), compared with the
+    checkpoint's unless the resume allowed changes (see :func:`check_resumable`, which has
+    already refused moved data its checkpoint holds no fingerprint of). Data read from
+    elsewhere must be compared; data where they were, whenever both fingerprints are of one
+    kind (files replaced there, another ``$DISTILL_DATA_DIR``). Fingerprints of pixels and
+    of files left on disk (``data.in_memory`` placed them otherwise) cannot be compared.
 
     Returns the fingerprint the resumed run's next checkpoints hold: ``fingerprint``, or,
-    for data left on disk at the run's own path, the checkpoint's (so that a later move can
-    still be checked); an unchecked resume (``--allow-changes``) keeps only its own."""
+    for data of the other kind at the run's own path, the checkpoint's (so that a later move
+    can still be checked); an unchecked resume (``--allow-changes``) keeps only its own."""
     if not payload.get("check_data"):
         return fingerprint
     moved, saved = payload.get("moved_data"), payload.get("data_fingerprint")
-    if fingerprint == saved or (not moved and (saved is None or fingerprint is None)):
-        return fingerprint or saved
+    if fingerprint == saved:
+        return fingerprint
+    comparable = saved is not None and _on_disk(saved) == _on_disk(fingerprint)
+    if not moved and not comparable:
+        return saved or fingerprint
     place = f"the data were read from elsewhere ({'; '.join(moved)}) and" if moved else "the data"
-    if fingerprint is None:
-        why = ("are left on disk here, where they cannot be compared with the run's; hold "
-               "them in memory if they fit (--set data.in_memory=true)")
+    if not comparable:
+        now, then = ("left on disk", "held in memory") if _on_disk(fingerprint) else (
+            "held in memory", "left on disk")
+        why = (f"are {now}, where the run had them {then}, so they cannot be compared with "
+               f"the run's; place them as it did (--set data.in_memory="
+               f"{str(not _on_disk(saved)).lower()})")
     else:
-        why = (f"are not the run's (fingerprint {saved[:12]} -> {fingerprint[:12]}: other "
-               f"files, or the same decoded otherwise); resume with the run's data")
+        what = ("other file names, sizes or labels" if _on_disk(fingerprint)
+                else "other files, or the same decoded otherwise")
+        why = (f"are not the run's (fingerprint {_short(saved)} -> {_short(fingerprint)}: "
+               f"{what}); resume with the run's data")
     raise DistillError(f"--resume {run_dir}: {place} {why}, or pass --allow-changes to "
                        f"resume with these anyway")
+
+
+def _on_disk(fingerprint: str) -> bool:
+    """Whether a content fingerprint is of files left on disk (not of their pixels)."""
+    return fingerprint.startswith(FILES_FINGERPRINT)
+
+
+def _short(fingerprint: str) -> str:
+    """A fingerprint as messages show it: its kind, if any, and 12 hex digits."""
+    kind, _, digest = fingerprint.rpartition(":")
+    return f"{kind}:{digest[:12]}" if kind else digest[:12]
 
 
 def check_same_teacher(run_dir: Path, payload: dict[str, Any], sha256: str | None,

@@ -27,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from distill.imagefiles import ImageFiles, check_sizes, decode_image, size_misma
 from distill.recipe import DataConfig
 
 DATA_DIR_ENV = "DISTILL_DATA_DIR"
+FILES_FINGERPRINT = "files:"  # begins the content fingerprint of data left on disk
 _TEST_CARVE_SEED = 2015  # fixed: a carved test split never depends on a user seed
 _TEST_CARVE_FRACTION = 0.2
 _SUBSET_SEED = 2016  # fixed: data.subset / test_subset draw the same images for every seed
@@ -87,12 +88,15 @@ class Split:
                   else self.images[idx])
         return Split(images, self.labels[idx])
 
-    def update_hash(self, h) -> None:
-        """Feed what this split holds to a hashlib object: the pixels of an in-memory split,
-        the file listing's key of one on disk (decoding every file to hash it would cost a
-        pass over the data); the labels either way."""
+    def update_hash(self, h, located: bool = True) -> None:
+        """Feed what this split holds to a hashlib object: the pixels of an in-memory split;
+        for one on disk (decoding every file to hash it would cost a pass over the data) its
+        files' key where they are (``located``) or their listing wherever they are (see
+        :class:`ImageFiles`); the labels either way."""
         if isinstance(self.images, ImageFiles):
-            h.update(f"files:{self.images.key}".encode())
+            files = self.images
+            h.update(f"files:{files.key}".encode() if located
+                     else f"listing:{files.listing}".encode())
         else:  # the tensor's own bytes, not a copy of them (a whole split, in memory)
             h.update(memoryview(self.images.detach().cpu().contiguous().numpy()).cast("B"))
         h.update(memoryview(self.labels.detach().cpu().contiguous().numpy()).cast("B"))
@@ -119,28 +123,32 @@ class DataBundle:
         h.update(self.train.labels.cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def content_fingerprint(self) -> str | None:
+    def content_fingerprint(self) -> str:
         """A short hash of the data themselves, wherever they were read from: the description
         with the dataset's kind for its name (``imagefolder``, not its path), the class names
         and normalisation constants (of the whole training set, ``subset`` or not), and every
-        split's pixels and labels. None when a split is left on disk: its files' key holds
-        their location, and hashing them would cost a pass over the data."""
+        split's pixels and labels. When a split is left on disk, hashing its pixels would
+        cost a pass over the data: its files' names, sizes and labels stand for them, and the
+        fingerprint begins ``files:`` (it is compared only with one of its own kind)."""
+        kind = str(self.description.get("dataset", "")).split(":", 1)[0]
         if any(split.on_disk for split in self._splits()):
-            return None
-        return self._digest(str(self.description.get("dataset", "")).split(":", 1)[0])
+            return FILES_FINGERPRINT + self._digest(kind, located=False)
+        return self._digest(kind)
 
     def cache_fingerprint(self) -> str:
         """What a cache of results computed from these data is keyed by: the content
         fingerprint when every split is in memory (the same images read from elsewhere hit
         the same entry); for splits left on disk, the same digest over the dataset's full
-        name and the files' keys (names, sizes, modification times) in place of pixels."""
-        return (self.content_fingerprint()
-                or self._digest(str(self.description.get("dataset", ""))))
+        name and the files' keys (path, names, sizes, modification times) in place of pixels:
+        a listing without times could miss an image rewritten at the same size."""
+        if any(split.on_disk for split in self._splits()):
+            return self._digest(str(self.description.get("dataset", "")))
+        return self.content_fingerprint()
 
     def _splits(self) -> list[Split]:
         return [s for s in (self.train, self.val, self.test) if s is not None]
 
-    def _digest(self, dataset: str) -> str:
+    def _digest(self, dataset: str, located: bool = True) -> str:
         info = {"class_names": list(self.info.class_names), "mean": list(self.info.mean),
                 "std": list(self.info.std), "in_shape": list(self.info.in_shape)}
         h = hashlib.sha256(repr(sorted({**self.description, "dataset": dataset, **info}.items())
@@ -149,7 +157,7 @@ class DataBundle:
             if split is None:
                 h.update(b"none")
             else:
-                split.update_hash(h)
+                split.update_hash(h, located)
         return h.hexdigest()[:16]
 
 
@@ -555,11 +563,22 @@ def cache_dir() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "distill"
 
 
-def _list_image_folder(folder: Path, classes: list[str] | None, size: int | None
-                       ) -> tuple[list[tuple[str, int]], str, list[str]]:
-    """An ImageFolder split's ``(path, label)`` items in sorted order, a key of the files'
-    paths, sizes, modification times and the resize (any added, removed or changed image
-    makes a new key), and the class names."""
+class _Listing(NamedTuple):
+    """An ImageFolder split as listed: ``(path, label)`` items in sorted order, the class
+    names, and two keys of the files. ``key`` (path, names, sizes, modification times, resize)
+    names the files where they are, for caches: any added, removed or changed image makes a
+    new key. ``listing`` (class folder and file names, labels, sizes, resize; no path and no
+    times, which a copy changes) names them wherever they are: what a resume compares for
+    files left on disk, whose pixels it does not read."""
+
+    items: list[tuple[str, int]]
+    key: str
+    listing: str
+    classes: list[str]
+
+
+def _list_image_folder(folder: Path, classes: list[str] | None, size: int | None) -> _Listing:
+    """List an ImageFolder split (see :class:`_Listing`)."""
     found = sorted(p.name for p in folder.iterdir() if p.is_dir())
     classes = classes or found
     if found != classes:
@@ -567,6 +586,7 @@ def _list_image_folder(folder: Path, classes: list[str] | None, size: int | None
     exts = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
     h = hashlib.sha256(json.dumps([_IMAGEFOLDER_CACHE_FORMAT, str(folder.resolve()), size,
                                    classes]).encode())
+    listing = hashlib.sha256(json.dumps([size, classes]).encode())
     items = []
     for label, c in enumerate(classes):  # os.scandir: 60000 files listed in a fraction of a s
         with os.scandir(folder / c) as entries:
@@ -574,10 +594,11 @@ def _list_image_folder(folder: Path, classes: list[str] | None, size: int | None
         for name, entry in files:
             st = entry.stat()
             h.update(f"{name}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            listing.update(f"{c}/{name}\0{label}\0{st.st_size}\n".encode())
             items.append((os.path.join(folder, c, name), label))
     if not items:
         raise DataError(f"{folder}: no images found in its class folders")
-    return items, h.hexdigest()[:24], classes
+    return _Listing(items, h.hexdigest()[:24], listing.hexdigest()[:24], classes)
 
 
 def _read_image_folder(folder: Path, items: list[tuple[str, int]], key: str, size: int | None
@@ -601,11 +622,11 @@ def _read_image_folder(folder: Path, items: list[tuple[str, int]], key: str, siz
     return Split(images, labels)
 
 
-def _files_split(items: list[tuple[str, int]], key: str, size: int | None,
-                 shape: tuple[int, int, int]) -> Split:
+def _files_split(listed: _Listing, size: int | None, shape: tuple[int, int, int]) -> Split:
     """An ImageFolder split left on disk (decoded per batch by DataLoader workers)."""
-    files = ImageFiles(tuple(path for path, _ in items), shape, size, key)
-    return Split(files, torch.tensor([label for _, label in items], dtype=torch.long))
+    files = ImageFiles(tuple(path for path, _ in listed.items), shape, size, listed.key,
+                       listed.listing)
+    return Split(files, torch.tensor([label for _, label in listed.items], dtype=torch.long))
 
 
 def store_cache_file(path: Path, write: Callable[[Path], None]) -> bool:
@@ -670,22 +691,24 @@ def _load_imagefolder(cfg: DataConfig, root: Path):
         raise DataError(f"imagefolder: {root / 'train'} is not a folder; expected "
                         f"<path>/train/<class>/*.jpg (optional val/ and test/)")
     listed = {"train": _list_image_folder(root / "train", None, cfg.image_size)}
-    classes = listed["train"][2]
+    classes = listed["train"].classes
     for name in ("val", "test"):
         if (root / name).is_dir() and (name == "test" or cfg.val_size > 0):
             listed[name] = _list_image_folder(root / name, classes, cfg.image_size)
-    first = decode_image(listed["train"][0][0][0], cfg.image_size)  # [H, W, 3]
+    first = decode_image(listed["train"].items[0][0], cfg.image_size)  # [H, W, 3]
     shape = (first.shape[2], first.shape[0], first.shape[1])
-    decoded_bytes = first.nbytes * sum(len(items) for items, _, _ in listed.values())
+    decoded_bytes = first.nbytes * sum(len(split.items) for split in listed.values())
     in_memory = cfg.in_memory if cfg.in_memory is not None else decoded_bytes <= memory_budget()
     splits: dict[str, Split] = {}
-    for name, (items, key, _) in listed.items():
+    for name, split in listed.items():
         if in_memory:
-            splits[name] = _read_image_folder(root / name, items, key, cfg.image_size)
+            splits[name] = _read_image_folder(root / name, split.items, split.key,
+                                              cfg.image_size)
             continue
         if cfg.image_size is None:
-            _checked_once(key, lambda: check_sizes(root / name, [p for p, _ in items], shape))
-        splits[name] = _files_split(items, key, cfg.image_size, shape)
+            _checked_once(split.key, lambda: check_sizes(root / name,
+                                                         [p for p, _ in split.items], shape))
+        splits[name] = _files_split(split, cfg.image_size, shape)
     train, val = splits["train"], splits.get("val")
     test = splits.get("test")
     if test is None:

@@ -87,14 +87,17 @@ def _one_line(exc: BaseException) -> str:
 class ImageFiles:
     """The images of one split as files: ``paths[i]`` decodes to uint8 ``[C, H, W]`` = ``shape``.
 
-    ``key`` names the content (file names, sizes, modification times, resize and which
-    files were selected) for caches that would otherwise hash the pixels.
+    ``key`` names the content where it is (path, file names, sizes, modification times,
+    resize and which files were selected) for caches that would otherwise hash the pixels;
+    ``listing`` names it wherever it is (class folder and file names, labels, sizes, resize
+    and which files were selected), for a resume with the files moved.
     """
 
     paths: tuple[str, ...]
     shape: tuple[int, int, int]  # (C, H, W) every image must decode to
     size: int | None  # data.image_size
     key: str
+    listing: str
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -102,8 +105,12 @@ class ImageFiles:
     def select(self, idx: Tensor) -> "ImageFiles":
         """The files at ``idx`` (int64 [M]), in that order."""
         chosen = idx.cpu().tolist()
-        key = hashlib.sha256(f"{self.key}:{chosen}".encode()).hexdigest()[:24]
-        return ImageFiles(tuple(self.paths[i] for i in chosen), self.shape, self.size, key)
+
+        def derived(name: str) -> str:
+            return hashlib.sha256(f"{name}:{chosen}".encode()).hexdigest()[:24]
+
+        return ImageFiles(tuple(self.paths[i] for i in chosen), self.shape, self.size,
+                          derived(self.key), derived(self.listing))
 
     def batches(self, index_batches: Sequence[Tensor] | Sequence[slice], device: torch.device
                 ) -> Iterator[Tensor]:

@@ -626,8 +626,34 @@ def test_content_fingerprint_follows_the_images_not_their_folder(tmp_path: Path)
     before = bundle.content_fingerprint()
     bundle.info = dataclasses.replace(bundle.info, mean=(0.5, 0.5, 0.5))
     assert bundle.content_fingerprint() != before
-    # files left on disk are not hashed (a pass over the data): nothing to compare
-    assert fingerprint(a, in_memory=False) is None
+
+
+def test_files_left_on_disk_are_fingerprinted_by_their_listing(tmp_path: Path) -> None:
+    """Files left on disk are not decoded to be hashed (a pass over the data): their class
+    folders, names, sizes and labels stand for the pixels, wherever they are and whatever
+    their modification times (a copy changes them); another file, name or size changes it."""
+    def fingerprint(root: Path, **kw) -> str:
+        return load_data(DataConfig(name=f"imagefolder:{root}", val_size=2, in_memory=False,
+                                    **kw)).content_fingerprint()
+
+    a = image_folder(tmp_path / "a")
+    b = shutil.copytree(a, tmp_path / "b")
+    os.utime(b / "train" / "cat" / "000.png", (0, 0))  # a copy that kept no times
+    on_disk = fingerprint(a)
+    assert on_disk.startswith("files:") and len(on_disk) == len("files:") + 16
+    assert fingerprint(b) == on_disk
+    assert on_disk != "files:" + load_data(DataConfig(name=f"imagefolder:{a}", val_size=2)
+                                           ).content_fingerprint()
+    assert fingerprint(a, data_seed=1) != on_disk  # another validation split
+    write_png(b / "train" / "cat" / "006.png", (10, 10), CLASS_COLOURS["cat"])  # one more
+    one_more = fingerprint(b)
+    assert one_more != on_disk
+    (b / "train" / "cat" / "006.png").rename(b / "train" / "cat" / "007.png")  # renamed
+    assert fingerprint(b) not in (on_disk, one_more)
+    (b / "train" / "cat" / "007.png").unlink()
+    assert fingerprint(b) == on_disk
+    write_png(b / "test" / "ant" / "000.png", (12, 12), CLASS_COLOURS["ant"])  # resized
+    assert fingerprint(b, image_size=10) != fingerprint(a, image_size=10)
 
 
 def test_imagefolder_val_carved_from_train(tmp_path: Path) -> None:

@@ -452,9 +452,12 @@ def test_a_run_resumes_with_its_data_read_from_elsewhere_but_not_with_other_data
     assert f"data_dir: {moved}" in (cut / "recipe.yaml").read_text()  # the next resume's
 
 
-def test_an_image_folder_read_from_elsewhere_resumes_when_held_in_memory(tmp_path) -> None:
-    """In memory the moved images are compared with the run's and resume it; left on disk
-    they cannot be, and are refused; files replaced where the run found them are refused."""
+def test_an_image_folder_read_from_elsewhere_resumes_when_its_images_are_the_runs(
+        tmp_path) -> None:
+    """Moved images held in memory are compared by their pixels, files left on disk by
+    their names, sizes and labels; the same resume the run, others are refused, and so are
+    data placed otherwise than the run placed them (nothing to compare); files replaced
+    where the run found them are refused."""
     def started(folder: Path, name: str, **more) -> Path:
         run = api.teach(overrides={"data.name": f"imagefolder:{folder}", "data.val_size": 2,
                                    "teacher.epochs": 1, "output_dir": str(tmp_path / "runs"),
@@ -462,17 +465,43 @@ def test_an_image_folder_read_from_elsewhere_resumes_when_held_in_memory(tmp_pat
         (run / "summary.json").unlink()  # as if killed after its last checkpoint
         return run
 
+    def resumed(run: Path, *more: str) -> None:
+        result = runner.invoke(app, ["teach", "--resume", str(run), *more, "--wandb",
+                                     "disabled", "-q"])
+        assert result.exit_code == 0, result.output
+
     a = image_folder(tmp_path / "a")
-    held, on_disk = started(a, "held"), started(a, "on-disk", **{"data.in_memory": False})
+    held, on_disk, placed = (started(a, "held"), started(a, "on-disk", **{"data.in_memory": False}),
+                             started(a, "placed"))
     b = a.rename(tmp_path / "b")
-    assert user_error("teach", "--resume", str(on_disk), "--dataset", f"imagefolder:{b}") == (
-        f"error: --resume {on_disk}: the recipe differs from the run's: data.name: "
-        f"'imagefolder:{a}' -> 'imagefolder:{b}' (the data moved, and this checkpoint holds "
-        f"no fingerprint to compare them with: they stay on disk, or it predates data "
-        f"fingerprints); pass --allow-changes to resume with it anyway")
-    result = runner.invoke(app, ["teach", "--resume", str(held), "--dataset",
-                                 f"imagefolder:{b}", "--wandb", "disabled", "-q"])
-    assert result.exit_code == 0, result.output
+    moved = f"data.name: 'imagefolder:{a}' -> 'imagefolder:{b}'"
+    resumed(held, "--dataset", f"imagefolder:{b}")
+    assert user_error("teach", "--resume", str(placed), "--dataset", f"imagefolder:{b}",
+                      "--set", "data.in_memory=false") == (
+        f"error: --resume {placed}: the data were read from elsewhere ({moved}) and are left "
+        f"on disk, where the run had them held in memory, so they cannot be compared with the "
+        f"run's; place them as it did (--set data.in_memory=true), or pass --allow-changes to "
+        f"resume with these anyway")
+    resumed(placed, "--dataset", f"imagefolder:{b}", "--set", "data.in_memory=true")
+    saved = load_checkpoint(on_disk / LAST)["data_fingerprint"]
+    write_png(b / "train" / "cat" / "006.png", (10, 10), (0, 0, 0))  # one image more
+    error = user_error("teach", "--resume", str(on_disk), "--dataset", f"imagefolder:{b}")
+    assert error.startswith(f"error: --resume {on_disk}: the data were read from elsewhere "
+                            f"({moved}) and are not the run's (fingerprint files:{saved[6:18]} "
+                            f"-> files:")
+    assert error.endswith(": other file names, sizes or labels); resume with the run's data, "
+                          "or pass --allow-changes to resume with these anyway")
+    (b / "train" / "cat" / "006.png").unlink()
+    older = tmp_path / "runs" / "older"  # as a checkpoint written before these fingerprints
+    shutil.copytree(on_disk, older)
+    save_atomic({**load_checkpoint(older / LAST), "data_fingerprint": None}, older / LAST)
+    assert user_error("teach", "--resume", str(older), "--dataset", f"imagefolder:{b}") == (
+        f"error: --resume {older}: the recipe differs from the run's: {moved} (the data "
+        f"moved, and this checkpoint holds no fingerprint to compare them with: it predates "
+        f"data fingerprints, or those of files left on disk); pass --allow-changes to resume "
+        f"with it anyway")
+    resumed(on_disk, "--dataset", f"imagefolder:{b}")
+    assert json.loads((on_disk / "summary.json").read_text())["resumes"][0]["moved"] == [moved]
 
     again = started(b, "again")
     write_png(b / "train" / "cat" / "000.png", (10, 10), (0, 0, 0))  # replaced in place
@@ -480,9 +509,7 @@ def test_an_image_folder_read_from_elsewhere_resumes_when_held_in_memory(tmp_pat
     assert error.startswith(f"error: --resume {again}: the data are not the run's (fingerprint ")
     assert error.endswith(": other files, or the same decoded otherwise); resume with the "
                           "run's data, or pass --allow-changes to resume with these anyway")
-    result = runner.invoke(app, ["teach", "--resume", str(again), "--allow-changes",
-                                 "--wandb", "disabled", "-q"])
-    assert result.exit_code == 0, result.output
+    resumed(again, "--allow-changes")
 
 
 def test_a_run_resumed_from_disk_keeps_its_data_fingerprint(tmp_path) -> None:
