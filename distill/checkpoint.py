@@ -375,11 +375,11 @@ def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str) ->
     if not payload.get("check_data"):
         return fingerprint
     moved, saved = payload.get("moved_data"), payload.get("data_fingerprint")
-    if fingerprint == saved:
+    if fingerprint == saved or saved is None:  # None: moved data were refused before
         return fingerprint
-    comparable = saved is not None and _on_disk(saved) == _on_disk(fingerprint)
+    comparable = _on_disk(saved) == _on_disk(fingerprint)
     if not moved and not comparable:
-        return saved or fingerprint
+        return saved
     place = f"the data were read from elsewhere ({'; '.join(moved)}) and" if moved else "the data"
     if not comparable:
         now, then = ("left on disk", "held in memory") if _on_disk(fingerprint) else (
@@ -388,7 +388,8 @@ def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str) ->
                f"the run's; place them as it did (--set data.in_memory="
                f"{str(not _on_disk(saved)).lower()})")
     else:
-        what = ("other file names, sizes or labels" if _on_disk(fingerprint)
+        what = ("other file names, sizes or labels, or other normalisation constants: "
+                "train/'s pixels differ" if _on_disk(fingerprint)
                 else "other files, or the same decoded otherwise")
         why = (f"are not the run's (fingerprint {_short(saved)} -> {_short(fingerprint)}: "
                f"{what}); resume with the run's data")

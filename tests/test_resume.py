@@ -484,14 +484,15 @@ def test_an_image_folder_read_from_elsewhere_resumes_when_its_images_are_the_run
         f"resume with these anyway")
     resumed(placed, "--dataset", f"imagefolder:{b}", "--set", "data.in_memory=true")
     saved = load_checkpoint(on_disk / LAST)["data_fingerprint"]
-    write_png(b / "train" / "cat" / "006.png", (10, 10), (0, 0, 0))  # one image more
+    renamed = (b / "train" / "cat" / "000.png").rename(b / "train" / "cat" / "099.png")
     error = user_error("teach", "--resume", str(on_disk), "--dataset", f"imagefolder:{b}")
     assert error.startswith(f"error: --resume {on_disk}: the data were read from elsewhere "
                             f"({moved}) and are not the run's (fingerprint files:{saved[6:18]} "
-                            f"-> files:")
-    assert error.endswith(": other file names, sizes or labels); resume with the run's data, "
-                          "or pass --allow-changes to resume with these anyway")
-    (b / "train" / "cat" / "006.png").unlink()
+                            f"-> files:")  # the same pixels (every cat is one colour): names
+    assert error.endswith(": other file names, sizes or labels, or other normalisation "
+                          "constants: train/'s pixels differ); resume with the run's data, or "
+                          "pass --allow-changes to resume with these anyway")
+    renamed.rename(b / "train" / "cat" / "000.png")
     older = tmp_path / "runs" / "older"  # as a checkpoint written before these fingerprints
     shutil.copytree(on_disk, older)
     save_atomic({**load_checkpoint(older / LAST), "data_fingerprint": None}, older / LAST)
@@ -502,20 +503,39 @@ def test_an_image_folder_read_from_elsewhere_resumes_when_its_images_are_the_run
         f"with it anyway")
     resumed(on_disk, "--dataset", f"imagefolder:{b}")
     assert json.loads((on_disk / "summary.json").read_text())["resumes"][0]["moved"] == [moved]
+    placed = started(b, "placed-on-disk", **{"data.in_memory": False})
+    c = b.rename(tmp_path / "c")
+    assert user_error("teach", "--resume", str(placed), "--dataset", f"imagefolder:{c}",
+                      "--set", "data.in_memory=true") == (
+        f"error: --resume {placed}: the data were read from elsewhere (data.name: "
+        f"'imagefolder:{b}' -> 'imagefolder:{c}') and are held in memory, where the run had "
+        f"them left on disk, so they cannot be compared with the run's; place them as it did "
+        f"(--set data.in_memory=false), or pass --allow-changes to resume with these anyway")
+    b = c.rename(tmp_path / "b")
 
-    again = started(b, "again")
-    write_png(b / "train" / "cat" / "000.png", (10, 10), (0, 0, 0))  # replaced in place
+    again, again_on_disk = started(b, "again"), started(b, "again-on-disk",
+                                                        **{"data.in_memory": False})
+    from PIL import Image
+
+    replaced = b / "train" / "cat" / "000.png"
+    size = replaced.stat().st_size
+    Image.frombytes("RGB", (10, 10), bytes(range(256)) + bytes(44)).save(replaced)  # in place
+    assert replaced.stat().st_size != size
     error = user_error("teach", "--resume", str(again))
     assert error.startswith(f"error: --resume {again}: the data are not the run's (fingerprint ")
     assert error.endswith(": other files, or the same decoded otherwise); resume with the "
                           "run's data, or pass --allow-changes to resume with these anyway")
+    error = user_error("teach", "--resume", str(again_on_disk))
+    assert error.startswith(f"error: --resume {again_on_disk}: the data are not the run's "
+                            f"(fingerprint files:")
     resumed(again, "--allow-changes")
 
 
 def test_a_run_resumed_from_disk_keeps_its_data_fingerprint(tmp_path) -> None:
     """Resumed with its images left on disk (data.in_memory only places the data), a run
-    cannot hash them; its next checkpoints keep the fingerprint it started with, so a later
-    move of the data can still be checked."""
+    started with them in memory has a fingerprint of its files that cannot be compared with
+    the pixels' it started with; its next checkpoints keep that one, so a later move of the
+    data held in memory can still be checked."""
     a = image_folder(tmp_path / "a")
     cmd = [sys.executable, "-m", "distill", "teach", "--dataset", f"imagefolder:{a}", "--set",
            "data.val_size=2", "--output-dir", str(tmp_path / "runs"), "--name", "cut", *FLAGS]
