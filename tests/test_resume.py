@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_data import fake_mnist, image_folder, write_png
+from test_data import fake_mnist, image_folder
 from typer.testing import CliRunner
 
 import distill.api as api
