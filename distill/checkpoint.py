@@ -360,7 +360,7 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
                        f"anyway")
 
 
-def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str) -> str | None:
+def check_same_data(run_dir: Path, payload: dict[str, Any], fingerprint: str) -> str:
     """Refuse to resume with data that are not the run's: ``fingerprint`` is the loaded
     data's content fingerprint (:meth:`DataBundle.content_fingerprint`), compared with the
     checkpoint's unless the resume allowed changes (see :func:`check_resumable`, which has

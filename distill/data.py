@@ -131,7 +131,7 @@ class DataBundle:
         cost a pass over the data: its files' names, sizes and labels stand for them, and the
         fingerprint begins ``files:`` (it is compared only with one of its own kind)."""
         kind = str(self.description.get("dataset", "")).split(":", 1)[0]
-        if any(split.on_disk for split in self._splits()):
+        if self.on_disk:
             return FILES_FINGERPRINT + self._digest(kind, located=False)
         return self._digest(kind)
 
@@ -141,12 +141,14 @@ class DataBundle:
         the same entry); for splits left on disk, the same digest over the dataset's full
         name and the files' keys (path, names, sizes, modification times) in place of pixels:
         a listing without times could miss an image rewritten at the same size."""
-        if any(split.on_disk for split in self._splits()):
+        if self.on_disk:
             return self._digest(str(self.description.get("dataset", "")))
         return self.content_fingerprint()
 
-    def _splits(self) -> list[Split]:
-        return [s for s in (self.train, self.val, self.test) if s is not None]
+    @property
+    def on_disk(self) -> bool:
+        """Whether any split is left on disk (its pixels are not hashed)."""
+        return any(s is not None and s.on_disk for s in (self.train, self.val, self.test))
 
     def _digest(self, dataset: str, located: bool = True) -> str:
         info = {"class_names": list(self.info.class_names), "mean": list(self.info.mean),
