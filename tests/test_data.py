@@ -15,6 +15,7 @@ import torch
 
 from distill.data import (
     DATA_DIR_ENV,
+    DataBundle,
     DataInfo,
     Split,
     epoch_order,
@@ -610,13 +611,13 @@ def test_imagefolder_loads(tmp_path: Path) -> None:
 
 def test_content_fingerprint_follows_the_images_not_their_folder(tmp_path: Path) -> None:
     """What a resume with data read from elsewhere compares (distill/checkpoint.py)."""
-    def fingerprint(root: Path, **kw) -> str | None:
+    def fingerprint(root: Path, **kw) -> str:
         return load_data(DataConfig(name=f"imagefolder:{root}", val_size=2, **kw)
                          ).content_fingerprint()
 
     a = image_folder(tmp_path / "a")
     shutil.copytree(a, tmp_path / "b")
-    assert fingerprint(a) is not None and fingerprint(a) == fingerprint(tmp_path / "b")
+    assert fingerprint(a) == fingerprint(tmp_path / "b")
     write_png(tmp_path / "b" / "test" / "cat" / "002.png", (10, 10), (10, 20, 201))
     assert fingerprint(tmp_path / "b") != fingerprint(a)  # one test image, blue 200 -> 201
     assert fingerprint(a, data_seed=1) != fingerprint(a)  # another validation split
@@ -626,6 +627,29 @@ def test_content_fingerprint_follows_the_images_not_their_folder(tmp_path: Path)
     before = bundle.content_fingerprint()
     bundle.info = dataclasses.replace(bundle.info, mean=(0.5, 0.5, 0.5))
     assert bundle.content_fingerprint() != before
+
+
+def test_fingerprints_follow_the_labels_too(tmp_path: Path) -> None:
+    """The same images with other labels (a relabelled test set, say) are other data: for a
+    resume (content fingerprint) and for the teacher-logits cache (cache fingerprint)."""
+    def bundle(root: Path) -> DataBundle:
+        return load_data(DataConfig(name="mnist", data_dir=str(root), val_size=10,
+                                    download=False))
+
+    train_labels, test_labels = np.arange(50, dtype=np.uint8) % 10, np.zeros(20, np.uint8)
+    fake_mnist(tmp_path / "a", train_labels=train_labels, test_labels=test_labels)
+    a = bundle(tmp_path / "a")
+    other_test, other_train = test_labels.copy(), train_labels.copy()
+    other_test[3] = 1  # one test label
+    other_train[0] = 1  # one training label
+    fake_mnist(tmp_path / "b", train_labels=train_labels, test_labels=other_test)
+    fake_mnist(tmp_path / "c", train_labels=other_train, test_labels=test_labels)
+    for relabelled in (bundle(tmp_path / "b"), bundle(tmp_path / "c")):
+        for split in ("train", "val", "test"):  # the same seed: the same pixels
+            assert torch.equal(getattr(relabelled, split).images, getattr(a, split).images)
+        assert relabelled.content_fingerprint() != a.content_fingerprint()
+        assert relabelled.cache_fingerprint() != a.cache_fingerprint()
+    assert bundle(tmp_path / "a").content_fingerprint() == a.content_fingerprint()
 
 
 def test_files_left_on_disk_are_fingerprinted_by_their_listing(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.batched import per_student_loss
 from distill.losses import distillation_loss, soft_term
 
 
@@ -135,3 +136,21 @@ def test_computed_in_float32_under_low_precision(logits) -> None:
     assert all(v.dtype == torch.float32 for v in parts.values())
     expected = distillation_loss(s16.float(), t16.float(), y, T=4.0, alpha=0.9)["loss"]
     assert parts["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_the_batched_loss_gives_each_student_its_own_T_and_alpha() -> None:
+    """``batched.per_student_loss`` (sweeps) equals ``distillation_loss`` student by student."""
+    gen = torch.Generator().manual_seed(0)
+    S, B, K = 4, 6, 5
+    s = torch.randn(S, B, K, generator=gen) * 3
+    t = torch.randn(B, K, generator=gen) * 3
+    y = torch.randint(0, K, (B,), generator=gen)
+    T, alpha = torch.tensor([1.0, 2.0, 4.0, 20.0]), torch.tensor([0.0, 0.3, 1.0, 0.9])
+    parts = per_student_loss(s, t, y, T, alpha, label_smoothing=0.1)
+    no_teacher = per_student_loss(s, None, y, T, alpha, label_smoothing=0.1)
+    for i in range(S):
+        one = distillation_loss(s[i], t, y, float(T[i]), float(alpha[i]), label_smoothing=0.1)
+        alone = distillation_loss(s[i], None, y, label_smoothing=0.1)
+        for k in ("loss", "soft", "hard"):
+            torch.testing.assert_close(parts[k][i], one[k], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(no_teacher[k][i], alone[k], rtol=1e-5, atol=1e-6)

@@ -97,9 +97,9 @@ def test_classification_metrics_dtype_independent() -> None:
 
 
 def test_classification_metrics_rejects_bad_shapes() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^targets must be \[N\] with N=4, got shape \(5,\)$"):
         classification_metrics(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^cannot compute metrics on an empty set \(N = 0\)$"):
         classification_metrics(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
 
 
@@ -184,7 +184,7 @@ def test_confusion_matrix_orientation_and_unused_classes() -> None:
     assert cm[0, 2] == 1 and cm[2, 0] == 0
     assert cm[1, 1] == 1
     assert int(cm.sum()) == 2 and cm.shape == (4, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^preds has labels outside \[0, 4\)$"):
         confusion_matrix(torch.tensor([4]), torch.tensor([0]), num_classes=4)
 
 

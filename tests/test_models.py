@@ -110,7 +110,7 @@ def test_register_model_adds_a_builder() -> None:
         assert list_models()["_test_linear"] == "a test model"
         model = build_model("_test_linear", (2, 3, 3), 5, bias=False)
         assert _linears(model)[0].bias is None
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="^model '_test_linear' is already registered$"):
             register_model("_test_linear", "again")(_build)
     finally:
         del models_module._REGISTRY["_test_linear"]

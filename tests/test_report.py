@@ -281,7 +281,7 @@ def test_the_heatmap_boxes_the_cell_the_table_chooses_when_two_tie(tmp_path: Pat
 
 
 def test_confusion_matrix_rejects_wrong_names(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^cm must be \[K, K\] with K = len\(class_names\) = 2"):
         plot_confusion_matrix(np.eye(3, dtype=int), ["a", "b"], tmp_path / "x.png")
 
 

@@ -170,6 +170,20 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, referen
     assert_same_run(run, reference)
 
 
+def test_kill_in_the_epoch_end_save_drops_the_epoch_logged_before_it(tmp_path, reference
+                                                                     ) -> None:
+    # An epoch's record is written before its checkpoint: a kill in that checkpoint's write
+    # leaves a record newer than the last checkpoint, which the resume must drop, not repeat.
+    result = train(tmp_path, "killed", {KILL_IN_SAVE_ENV: "5"})  # save 5: end of epoch 1
+    assert result.returncode == -signal.SIGKILL
+    run = tmp_path / "killed"
+    assert [r["epoch"] for r in metrics(run)] == [1]  # logged, its checkpoint cut short
+    assert load_checkpoint(run / LAST)["state"]["step"] == 20  # save 4, mid-epoch
+    resume(run)
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]  # epoch 1 once, not twice
+    assert_same_run(run, reference)
+
+
 class _RunsCode:
     def __reduce__(self):
         return (exec, ("open('PWNED', 'w').write('pwned')",))

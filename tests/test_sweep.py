@@ -186,7 +186,8 @@ def test_a_chunk_epoch_line_names_every_student_tied_for_the_highest_val_accurac
 
 def test_the_best_cell_is_chosen_on_validation_never_on_test() -> None:
     rows = [{"T": 2.0, "alpha": 0.5, "seed": 0, "val_accuracy": 0.90, "test_accuracy": 0.99},
-            {"T": 4.0, "alpha": 0.5, "seed": 0, "val_accuracy": 0.95, "test_accuracy": 0.80}]
+            {"T": 4.0, "alpha": 0.5, "seed": 0, "val_accuracy": 0.95, "test_accuracy": 0.80},
+            {"T": 8.0, "alpha": 0.9, "seed": 0, "val_accuracy": 0.91, "test_accuracy": 0.98}]
     best = best_cell(aggregate(rows))
     assert (best["T"], best["alpha"]) == (4.0, 0.5)
 

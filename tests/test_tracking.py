@@ -116,10 +116,16 @@ def test_wandb_offline_writes_run_files_with_the_final_metrics(tmp_path, monkeyp
     ("auto", "disabled", "k", "disabled"),
     ("auto", None, "k", "online"),
     ("auto", None, None, "offline"),
+    ("auto", "dryrun", "k", "offline"),
+    ("auto", None, "netrc", "online"),  # logged in through a netrc file, no key
 ])
 def test_wandb_mode_resolution(tmp_path, monkeypatch, requested, env, key, expected) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    if key == "netrc":  # ~/.netrc, where `wandb login` writes the key
+        monkeypatch.delenv("NETRC")
+        (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password k\n")
+        key = None
     for name, value in (("WANDB_MODE", env), ("WANDB_API_KEY", key)):
         if value is None:
             monkeypatch.delenv(name, raising=False)
