@@ -191,3 +191,33 @@ def test_git_state_says_when_the_working_tree_differs_from_the_commit(tmp_path) 
     assert git_state(tmp_path) == {"git_commit": head, "git_dirty": False}
     (tmp_path / "recipe.yaml").write_text("lr: 0.02\n")
     assert git_state(tmp_path) == {"git_commit": head, "git_dirty": True}
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch) -> None:
+    """A run killed after epoch 1 and resumed logs to the same wandb run id (the one kept in
+    environment.json), and its second segment logs epoch 2 only."""
+    import signal
+    import sys
+
+    from distill.checkpoint import KILL_AFTER_SAVE_ENV
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    flags = ["--epochs", "2", "--wandb", "offline", "--output-dir", str(tmp_path / "out"),
+             "--name", "run", "-q"]
+    killed = subprocess.run([sys.executable, "-m", "distill", "teach", *flags],
+                            capture_output=True, text=True,
+                            env={**os.environ, KILL_AFTER_SAVE_ENV: "1"})  # the end of epoch 1
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run = tmp_path / "out" / "run"
+    run_id = json.loads((run / "environment.json").read_text())["wandb_id"]
+    result = CliRunner().invoke(app, ["teach", "--resume", str(run), "--wandb", "offline", "-q"])
+    assert result.exit_code == 0, result.output
+    files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
+    assert [f.name for f in files] == [f"run-{run_id}.wandb"] * 2  # one run, two segments
+    resumed = max(files, key=lambda f: f.parent.name)  # offline-run-<time>-<id>: the newest
+    records = finished_wandb_records(resumed)
+    epochs = [json.loads(i.value_json) for r in records
+              if r.WhichOneof("record_type") == "history"
+              for i in r.history.item if _key(i) == "epoch"]
+    assert epochs == [2]
