@@ -203,16 +203,19 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch) -> None:
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    flags = ["--epochs", "2", "--wandb", "offline", "--output-dir", str(tmp_path / "out"),
-             "--name", "run", "-q"]
-    killed = subprocess.run([sys.executable, "-m", "distill", "teach", *flags],
-                            capture_output=True, text=True,
-                            env={**os.environ, KILL_AFTER_SAVE_ENV: "1"})  # the end of epoch 1
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # Each segment is its own process with its own wandb service, as for a user: a service an
+    # earlier test started here (WANDB_SERVICE) would still hold the killed segment's run.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    teach = [sys.executable, "-m", "distill", "teach", "--wandb", "offline", "-q"]
     run = tmp_path / "out" / "run"
+    killed = subprocess.run([*teach, "--epochs", "2", "--output-dir", str(run.parent), "--name",
+                             "run"], capture_output=True, text=True,
+                            env={**env, KILL_AFTER_SAVE_ENV: "1"})  # the end of epoch 1
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     run_id = json.loads((run / "environment.json").read_text())["wandb_id"]
-    result = CliRunner().invoke(app, ["teach", "--resume", str(run), "--wandb", "offline", "-q"])
-    assert result.exit_code == 0, result.output
+    resumed = subprocess.run([*teach, "--resume", str(run)], capture_output=True, text=True,
+                             env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
     assert [f.name for f in files] == [f"run-{run_id}.wandb"] * 2  # one run, two segments
     resumed = max(files, key=lambda f: f.parent.name)  # offline-run-<time>-<id>: the newest
