@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from distill.checkpoint import KILL_AFTER_SAVE_ENV
 from distill.cli import app
 from distill.errors import DistillError
 from distill.tracking import create_run_dir, git_state, resolve_mode
@@ -78,6 +81,12 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+def history_epochs(records: list) -> list:
+    """The ``epoch`` values of a run file's history records, in order."""
+    return [json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "history"
+            for i in r.history.item if _key(i) == "epoch"]
+
+
 def test_wandb_offline_writes_run_files_with_the_final_metrics(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: auto would also pick offline
@@ -90,10 +99,7 @@ def test_wandb_offline_writes_run_files_with_the_final_metrics(tmp_path, monkeyp
     records = finished_wandb_records(files[0])
     kinds = [r.WhichOneof("record_type") for r in records]
     assert "run" in kinds
-    history = [{_key(i): json.loads(i.value_json) for i in r.history.item}
-               for r in records if r.WhichOneof("record_type") == "history"]
-    epochs = [h["epoch"] for h in history if "epoch" in h]
-    assert epochs == [1, 2]
+    assert history_epochs(records) == [1, 2]
     summary_values: dict = {}
     for r in records:
         if r.WhichOneof("record_type") == "summary":
@@ -138,9 +144,6 @@ def test_runs_without_wandb_installed_when_tracking_is_off(tmp_path) -> None:
     """The GPU machines have no wandb: a disabled run must not need it, and an enabled one
     says how to fix it. (timm imports wandb opportunistically when it is installed, so the
     test hides it instead of checking sys.modules.)"""
-    import subprocess
-    import sys
-
     code = ("import sys; sys.modules['wandb'] = None; import distill.api as a\n"
             "a.teach(overrides={'teacher.epochs': 1, 'output_dir': sys.argv[1]}, "
             "wandb=sys.argv[2], quiet=True)\nprint('trained')")
@@ -196,11 +199,6 @@ def test_git_state_says_when_the_working_tree_differs_from_the_commit(tmp_path) 
 def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch) -> None:
     """A run killed after epoch 1 and resumed logs to the same wandb run id (the one kept in
     environment.json), and its second segment logs epoch 2 only."""
-    import signal
-    import sys
-
-    from distill.checkpoint import KILL_AFTER_SAVE_ENV
-
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     # Each segment is its own process with its own wandb service, as for a user: a service an
@@ -216,11 +214,6 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch) -> None:
     resumed = subprocess.run([*teach, "--resume", str(run)], capture_output=True, text=True,
                              env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
+    files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))  # offline-run-<time>-<id>
     assert [f.name for f in files] == [f"run-{run_id}.wandb"] * 2  # one run, two segments
-    resumed = max(files, key=lambda f: f.parent.name)  # offline-run-<time>-<id>: the newest
-    records = finished_wandb_records(resumed)
-    epochs = [json.loads(i.value_json) for r in records
-              if r.WhichOneof("record_type") == "history"
-              for i in r.history.item if _key(i) == "epoch"]
-    assert epochs == [2]
+    assert history_epochs(finished_wandb_records(files[-1])) == [2]  # the resumed segment
