@@ -39,9 +39,10 @@ FLAGS = ["--epochs", "2", "--checkpoint-every", "5", "--set", "teacher.optim.nam
 TIMING = {"epoch_seconds", "images_per_second"}
 
 
-def train(out: Path, name: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def train(out: Path, name: str, env: dict[str, str] | None = None, *more: str
+          ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "distill", "teach", "--output-dir", str(out), "--name", name,
-           *FLAGS]
+           *FLAGS, *more]
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
@@ -182,6 +183,27 @@ def test_kill_in_the_epoch_end_save_drops_the_epoch_logged_before_it(tmp_path, r
     resume(run)
     assert [r["epoch"] for r in metrics(run)] == [1, 2]  # epoch 1 once, not twice
     assert_same_run(run, reference)
+
+
+def test_without_epoch_end_checkpoints_a_run_resumes_from_its_step_ones(tmp_path, reference
+                                                                        ) -> None:
+    # checkpoint.every_epoch false: saves at steps 5, 10, 15, 20, then 25 (epoch 2), none at
+    # step 21, the end of epoch 1; the resume starts in epoch 2 with epoch 1's record kept.
+    result = train(tmp_path, "killed", {KILL_AFTER_SAVE_ENV: "5"},
+                   "--set", "checkpoint.every_epoch=false")
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    run = tmp_path / "killed"
+    saved = load_checkpoint(run / LAST)
+    assert (saved["where"], saved["state"]["step"]) == ("step", 25)
+    assert not (run / "checkpoint-best.pt").exists()  # copied only at an epoch-end save
+    resume(run)
+    # its last checkpoint stays at step 40 (no save at the end): the optimizer is not compared
+    assert load_checkpoint(run / LAST)["state"]["step"] == 40
+    for file in ("model.safetensors", "best.safetensors"):
+        ours, whole = weights(run, file), weights(reference, file)
+        assert all(torch.equal(ours[k], whole[k]) for k in whole), file
+    assert metrics(run) == metrics(reference)
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]
 
 
 class _RunsCode:
