@@ -24,8 +24,8 @@ from test_data import fake_mnist, image_folder
 from typer.testing import CliRunner
 
 import distill.api as api
-from distill.checkpoint import (KILL_AFTER_SAVE_ENV, KILL_IN_SAVE_ENV, LAST, RESUME_SKIP_ENV,
-                                load_checkpoint, save_atomic)
+from distill.checkpoint import (BEST, KILL_AFTER_SAVE_ENV, KILL_IN_SAVE_ENV, LAST,
+                                RESUME_SKIP_ENV, load_checkpoint, save_atomic)
 from distill.cli import app
 from distill.data import load_data
 from distill.errors import DistillError
@@ -195,12 +195,13 @@ def test_without_epoch_end_checkpoints_a_run_resumes_from_its_step_ones(tmp_path
     run = tmp_path / "killed"
     saved = load_checkpoint(run / LAST)
     assert (saved["where"], saved["state"]["step"]) == ("step", 25)
-    assert not (run / "checkpoint-best.pt").exists()  # copied only at an epoch-end save
+    assert not (run / BEST).exists()  # copied only at an epoch-end save
     resume(run)
     # its last checkpoint stays at step 40 (no save at the end): the optimizer is not compared
     assert load_checkpoint(run / LAST)["state"]["step"] == 40
     for file in ("model.safetensors", "best.safetensors"):
         ours, whole = weights(run, file), weights(reference, file)
+        assert ours.keys() == whole.keys(), file
         assert all(torch.equal(ours[k], whole[k]) for k in whole), file
     assert metrics(run) == metrics(reference)
     assert [r["epoch"] for r in metrics(run)] == [1, 2]
