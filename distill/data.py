@@ -706,6 +706,10 @@ def _load_imagefolder(cfg: DataConfig, root: Path):
         if in_memory:
             splits[name] = _read_image_folder(root / name, split.items, split.key,
                                               cfg.image_size)
+            odd = tuple(splits[name].images.shape[1:])  # a split of one other size
+            if odd != shape:
+                raise size_mismatch(root / name, [(shape[1], shape[2], shape[0]),
+                                                  (odd[1], odd[2], odd[0])])
             continue
         if cfg.image_size is None:
             _checked_once(split.key, lambda: check_sizes(root / name,

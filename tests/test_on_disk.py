@@ -132,6 +132,22 @@ def test_on_disk_image_of_another_size_is_found_when_loading(tmp_path: Path) -> 
                               " ...); set data.image_size to resize them all")
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_split_whose_images_all_have_another_size_is_refused_when_loading(
+        tmp_path: Path, in_memory: bool) -> None:
+    """Each split agrees with itself, but test/ is 12 x 12 where train/ is 8 x 8: a ResNet's
+    global pooling would test at the wrong size without any error."""
+    from PIL import Image
+
+    root = noisy_image_folder(tmp_path / "f")
+    for path in (root / "test").rglob("*.png"):
+        Image.new("RGB", (12, 12)).save(path)
+    with pytest.raises(DataError) as exc:
+        load_data(DataConfig(name=f"imagefolder:{root}", val_size=0, in_memory=in_memory))
+    assert str(exc.value) == (f"{root / 'test'}: images differ in size ([(8, 8, 3), (12, 12, 3)]"
+                              " ...); set data.image_size to resize them all")
+
+
 def test_an_image_failing_in_a_worker_is_a_one_line_error_and_stops_the_workers(
         tmp_path: Path) -> None:
     import multiprocessing
