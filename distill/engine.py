@@ -111,17 +111,26 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` computes in bf16 natively: compute capability 8.0 or more
+    (Ampere on), or any ROCm GPU. Older GPUs (T4, V100) only emulate bf16, slower than
+    float32, which ``torch.cuda.is_bf16_supported()`` counts as support by default."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_precision(amp: bool | None, channels_last: bool | None, device: torch.device,
                       model: nn.Module) -> tuple[bool, bool]:
     """The recipe's ``amp`` / ``channels_last``; None picks the default for ``device``.
 
-    amp: on for CUDA where the GPU has bf16, off elsewhere. channels-last: on for models with
+    amp: on for CUDA where the GPU computes bf16 natively (:func:`native_bf16`), off elsewhere. channels-last: on for models with
     2-d convolutions on CUDA and on the CPU (where oneDNN's channels-last kernels run the
     CIFAR ResNets 1.1-1.3x faster than NCHW; see benchmarks/README.md), off on other devices.
     """
     cuda = device.type == "cuda"
     if amp is None:
-        amp = cuda and torch.cuda.is_bf16_supported()
+        amp = cuda and native_bf16(device)
     if channels_last is None:
         channels_last = (device.type in ("cuda", "cpu")
                          and any(isinstance(m, nn.Conv2d) for m in model.modules()))
@@ -153,12 +162,18 @@ def _val_metrics(model: nn.Module, data: DataBundle) -> dict[str, float]:
             "val_accuracy": (logits.argmax(1) == labels).float().mean().item()}
 
 
-def _non_finite(parts: dict[str, Tensor], epoch: int, step: int) -> DistillError:
+def _non_finite(parts: dict[str, Tensor], epoch: int, step: int, cfg: LoopConfig
+                ) -> DistillError:
+    """The error for a loss that is not finite, advising only what this run can change."""
     broken = [k for k in ("soft", "hard", "loss") if not math.isfinite(parts[k].item())]
+    hints = ["lower the learning rate (optim.lr)"]
+    if cfg.grad_clip is None:
+        hints.append("add grad clipping (optim.grad_clip)")
+    if cfg.amp:
+        hints.append("turn mixed precision off (amp: false)")
+    advice = hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"
     return DistillError(f"non-finite loss at epoch {epoch + 1}, step {step}: the "
-                        f"{broken[0] if broken else 'gradient'} term is not finite; lower the "
-                        f"learning rate (optim.lr), add grad clipping (optim.grad_clip), or "
-                        f"disable mixed precision")
+                        f"{broken[0] if broken else 'gradient'} term is not finite; {advice}")
 
 
 def train_step(state: TrainState, x: Tensor, y: Tensor, cfg: LoopConfig,
@@ -285,7 +300,7 @@ def fit(state: TrainState, data: DataBundle, cfg: LoopConfig, teacher: FrozenTea
             if bar.logs(i):
                 loss = parts["loss"].item()
                 if not math.isfinite(loss):
-                    raise _non_finite(parts, epoch, state.step)
+                    raise _non_finite(parts, epoch, state.step, cfg)
             bar.advance(i, y.shape[0], loss)
             if (on_checkpoint is not None and every_steps and state.step % every_steps == 0
                     and i + 1 < steps_per_epoch):

@@ -31,14 +31,22 @@ def test_defaults_per_device_and_model(device: str, model, want) -> None:
     assert resolve_precision(None, None, torch.device(device), model) == want
 
 
-@pytest.mark.parametrize("bf16", [True, False])
-def test_bf16_autocast_is_the_default_on_cuda_only_where_the_gpu_has_bf16(monkeypatch, bf16
-                                                                          ) -> None:
-    """Decided without a GPU: the CUDA check is stubbed, the device is only named."""
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-    cuda = torch.device("cuda")
+@pytest.mark.parametrize(("capability", "bf16"), [
+    ((7, 0), False), ((7, 5), False),  # V100, T4: bf16 only emulated, slower than float32
+    ((8, 0), True), ((9, 0), True),  # A100, H100
+])
+def test_bf16_autocast_is_the_default_on_cuda_only_where_the_gpu_has_native_bf16(
+        monkeypatch, capability, bf16) -> None:
+    """Decided without a GPU: the capability query is stubbed, the device is only named."""
+    asked = []
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation
+    cuda = torch.device("cuda", 1)
     assert resolve_precision(None, None, cuda, CONV) == (bf16, True)
     assert resolve_precision(None, None, cuda, MLP) == (bf16, False)
+    assert asked == [cuda, cuda]  # the run's own GPU, not whichever is current
     assert resolve_precision(False, False, cuda, CONV) == (False, False)
     for other in ("cpu", "meta"):  # a GPU that has bf16 turns autocast on for CUDA runs only
         assert resolve_precision(None, None, torch.device(other), MLP) == (False, False)

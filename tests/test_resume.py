@@ -330,17 +330,34 @@ def test_resume_with_a_changed_recipe_is_refused_unless_allowed(tmp_path, killed
     assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
 
 
-def test_non_finite_loss_stops_with_the_step_and_a_hint(tmp_path) -> None:
+@pytest.mark.parametrize(("settings", "advice"), [
+    ([], "lower the learning rate (optim.lr) or add grad clipping (optim.grad_clip)"),
+    (["amp=true"], "lower the learning rate (optim.lr), add grad clipping (optim.grad_clip) "
+                   "or turn mixed precision off (amp: false)"),
+])
+def test_non_finite_loss_stops_with_the_step_and_a_hint(tmp_path, settings, advice) -> None:
+    sets = [arg for setting in settings for arg in ("--set", setting)]
     result = runner.invoke(app, ["teach", "--lr", "1e12", "--set", "teacher.optim.name=sgd",
-                                 "--epochs", "1", "--checkpoint-every", "100",
+                                 *sets, "--epochs", "1", "--checkpoint-every", "100",
                                  "--output-dir", str(tmp_path), "--name", "nan", "--wandb",
                                  "disabled", "-q"])
-    assert result.exit_code == 2
+    assert result.exit_code == 2, result.output
     message = result.stderr.strip()
     assert message.startswith("error: non-finite loss at epoch 1, step ")
-    assert message.endswith("term is not finite; lower the learning rate (optim.lr), add grad "
-                            "clipping (optim.grad_clip), or disable mixed precision")
+    assert message.endswith(f"term is not finite; {advice}")
     assert not (tmp_path / "nan" / LAST).exists()
+
+
+def test_non_finite_advice_leaves_out_what_the_run_already_does() -> None:
+    """A run that clips already is not told to clip (one whose loss overflows despite it)."""
+    from distill.engine import LoopConfig, _non_finite
+
+    parts = {"soft": torch.tensor(0.5), "hard": torch.tensor(float("inf")),
+             "loss": torch.tensor(float("inf"))}
+    cfg = LoopConfig(epochs=1, batch_size=8, data_seed=0, grad_clip=1.0)
+    assert str(_non_finite(parts, 0, 3, cfg)) == (
+        "non-finite loss at epoch 1, step 3: the hard term is not finite; lower the learning "
+        "rate (optim.lr)")
 
 
 def test_deterministic_runs_are_bitwise_equal(tmp_path, monkeypatch) -> None:
