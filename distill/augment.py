@@ -55,7 +55,8 @@ class BatchAugment:
 
         x = images.float()
         if self.shift:
-            x = translate(x, (uniform(2) * (2 * self.shift + 1)).floor().long() - self.shift)
+            shifts = (uniform(2) * (2 * self.shift + 1)).floor().long() - self.shift
+            x = translate(x, shifts, pad=self.shift)  # the known bound: no GPU sync
         if self.flip:
             x = torch.where((uniform() < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
         if self.rotation:
@@ -66,10 +67,15 @@ class BatchAugment:
         return x
 
 
-def translate(x: Tensor, shifts: Tensor) -> Tensor:
-    """Shift each image by ``shifts [B, 2]`` (dy, dx) pixels, zero-filling the border."""
+def translate(x: Tensor, shifts: Tensor, pad: int | None = None) -> Tensor:
+    """Shift each image by ``shifts [B, 2]`` (dy, dx) pixels, zero-filling the border.
+
+    ``pad``: a bound on ``|shifts|``; any bound gives the same images. Without it the bound
+    is read from ``shifts``, which makes the host wait for the device.
+    """
     B, C, H, W = x.shape
-    pad = int(shifts.abs().max()) if shifts.numel() else 0
+    if pad is None:
+        pad = int(shifts.abs().max()) if shifts.numel() else 0
     if pad == 0:
         return x
     padded = F.pad(x, (pad, pad, pad, pad))

@@ -29,6 +29,8 @@ def test_translate_moves_pixels_and_zero_fills() -> None:
     shifted = translate(edge, torch.tensor([[1, 1]]))
     assert shifted[0, 0, 0].tolist() == [0, 0, 0] and shifted[0, 0, :, 0].tolist() == [0, 0, 0]
     assert shifted[0, 0, 1:, 1:].eq(9).all()
+    shifts = torch.tensor([[2, -1], [0, 3]])  # a larger bound on |shifts| changes nothing
+    assert torch.equal(translate(x, shifts, pad=5), translate(x, shifts))
 
 
 @pytest.mark.parametrize("cfg", [{"jitter": 2}, {"crop_padding": 2},
@@ -41,6 +43,7 @@ def test_jitter_draws_every_shift_up_to_n_and_no_more(cfg: dict[str, int]) -> No
     pos = out[:, 0].flatten(1).argmax(1)
     dy, dx = pos // 9 - 4, pos % 9 - 4
     assert set(dy.tolist()) == set(range(-2, 3)) and set(dx.tolist()) == set(range(-2, 3))
+    assert len(set(zip(dy.tolist(), dx.tolist()))) == 25  # drawn apart: every (dy, dx) pair
     assert out.flatten(1).sum(1).eq(200).all()  # nothing lost at a shift of <= 2
 
 
@@ -101,6 +104,29 @@ def test_color_jitter_draws_factors_both_ways_up_to_s() -> None:
     for factor in (brightness, contrast):
         assert factor.min() >= 0.7 - 1e-4 and factor.max() <= 1.3 + 1e-4
         assert factor.min() < 0.75 and factor.max() > 1.25
+
+
+def test_color_jitter_draws_saturation_too_on_colour_images() -> None:
+    """Left half the colour (150, 100, 50) (luma 109.25), right half grey 80. Brightness b
+    scales the mean luma; contrast c scales the luma gap between the halves; saturation s
+    scales only the colour's chroma (R - G = 50 b c s), grey having none. Each of the three
+    factors fills [0.7, 1.3] for s = 0.3, and each is drawn apart from the others."""
+    x = torch.full((400, 3, 4, 4), 80, dtype=torch.uint8)
+    x[:, :, :, :2] = torch.tensor([150, 100, 50], dtype=torch.uint8).view(1, 3, 1, 1)
+    out = BatchAugment(AugmentConfig(color_jitter=0.3))(x, seed=4)
+    luma = 0.299 * out[:, 0] + 0.587 * out[:, 1] + 0.114 * out[:, 2]  # [400, 4, 4]
+    brightness = luma.mean((1, 2)) / ((109.25 + 80) / 2)
+    contrast = (luma[:, :, :2].mean((1, 2)) - luma[:, :, 2:].mean((1, 2))) / (
+        brightness * (109.25 - 80))
+    chroma = (out[:, 0, :, :2] - out[:, 1, :, :2]).mean((1, 2))
+    saturation = chroma / (50 * brightness * contrast)
+    factors = (brightness, contrast, saturation)
+    for factor in factors:
+        assert factor.min() >= 0.7 - 1e-3 and factor.max() <= 1.3 + 1e-3
+        assert factor.min() < 0.75 and factor.max() > 1.25
+    for i in range(3):
+        for j in range(i):
+            assert (factors[i] - factors[j]).abs().max() > 0.2, (i, j)
 
 
 def test_draws_depend_on_the_seed_only_and_shards_agree() -> None:
