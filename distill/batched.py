@@ -6,7 +6,8 @@ leading student dimension S) and run with ``vmap(functional_call)``, so each ste
 forward and one backward for all of them. On a CPU, students over ``CPU_BATCHED_MAX_PARAMS``
 run looped instead: one after another on their slices of the same stacked tensors (conv
 weights laid out channels-last, as a student alone on a CPU), sharing the teacher forward
-and the optimizer step; vmap's gain is launch overhead, which a CPU does not have.
+and the optimizer step; vmap's gain is launch overhead, which a CPU does not have. Students
+with bf16 autocast on run looped wherever autocast does not reach vmapped layers (a CPU).
 
 - inputs ``x [B, C, H, W]`` are shared; student logits are ``[S, B, K]``; the teacher's
   logits ``[B, K]`` are computed once per batch (they do not depend on T or alpha);
@@ -28,6 +29,7 @@ other masks than the student alone), gradient clipping (a per-student global nor
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
@@ -346,11 +348,33 @@ def chunk_size_for(model: nn.Module, requested: int | None, cells: int) -> int:
 CPU_BATCHED_MAX_PARAMS = 100_000
 
 
-def loops_students(model: nn.Module, device: torch.device) -> bool:
+def loops_students(model: nn.Module, device: torch.device, amp: bool = False) -> bool:
     """Whether a chunk of such students runs looped (one after another) rather than
-    vmapped on ``device``: on a CPU, for students over ``CPU_BATCHED_MAX_PARAMS``."""
+    vmapped on ``device``: on a CPU, for students over ``CPU_BATCHED_MAX_PARAMS``; and
+    wherever bf16 autocast (``amp``) would not reach the vmapped students
+    (:func:`vmap_autocasts`), so that they compute as students trained alone do."""
+    if amp and not vmap_autocasts(device.type):
+        return True
     params = count_parameters(model)
     return device.type == "cpu" and params > CPU_BATCHED_MAX_PARAMS
+
+
+@functools.cache
+def vmap_autocasts(device_type: str) -> bool:
+    """Whether bf16 autocast reaches the linear and conv layers that vmap runs on this kind
+    of device. On torch's CPU it does not (the vmapped layers compute in float32 under
+    autocast, https://github.com/pytorch/functorch/issues/305); looped students call each
+    layer directly, where autocast acts as it does for a student trained alone."""
+    probes = ((nn.Linear(2, 2), (1, 2)), (nn.Conv2d(1, 1, 1), (1, 1, 2, 2)))
+    for layer, shape in probes:
+        layer = layer.to(device_type)
+        params = {k: v.detach().unsqueeze(0) for k, v in layer.named_parameters()}
+        x = torch.zeros(shape, device=device_type)
+        with autocast(torch.device(device_type), True):
+            out = vmap(lambda p, layer=layer, x=x: functional_call(layer, p, (x,)))(params)
+        if out.dtype != torch.bfloat16:
+            return False
+    return True
 
 
 def nothing_shared(model: nn.Module, looped: bool, teacher: FrozenTeacher | None,
@@ -390,7 +414,8 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
     if problem:
         return _sequential(cells, problem, console)
     data = data.to(device)
-    looped = loops_students(probe, device)
+    looped = loops_students(probe, device,
+                            amp=resolve_precision(base.amp, False, device, probe)[0])
     teacher, source = None, None
     if common.get("student.teacher"):
         teacher, source = load_teacher(common["student.teacher"], base.student.teacher_model,

@@ -137,3 +137,50 @@ def test_channels_last_trains_the_same_conv_teacher_and_student_as_nchw(tmp_path
             torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=f"{role} {k}")
         acc = [runs[cl][role].summary["test"]["accuracy"] for cl in runs]
         assert abs(acc[0] - acc[1]) <= 2 / runs[True][role].summary["test"]["n"], (role, acc)
+
+
+@pytest.fixture
+def loss_dtypes(monkeypatch) -> list[tuple]:
+    """(student logits, teacher logits, loss) dtypes of every loss the loops compute: the
+    single-run loop's and the batched sweep's."""
+    import distill.batched as batched
+    import distill.engine as engine
+
+    seen: list[tuple] = []
+
+    def recording(loss_fn):
+        def wrapped(logits, teacher_logits, *args, **kwargs):
+            parts = loss_fn(logits, teacher_logits, *args, **kwargs)
+            seen.append((logits.dtype, None if teacher_logits is None else teacher_logits.dtype,
+                         parts["loss"].dtype))
+            return parts
+        return wrapped
+
+    monkeypatch.setattr(engine, "distillation_loss", recording(engine.distillation_loss))
+    monkeypatch.setattr(batched, "per_student_loss", recording(batched.per_student_loss))
+    return seen
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_amp_runs_the_forward_passes_in_bf16_and_the_loss_in_float32(
+        tmp_path: Path, loss_dtypes: list[tuple], amp: bool) -> None:
+    """bf16 autocast (here on the CPU, which has it) for the student's and the teacher's
+    forward passes, in the single-run loop and in a batched sweep; the loss is float32
+    either way, and a bf16 run learns as well as a float32 one."""
+    low = torch.bfloat16 if amp else torch.float32
+    common = {"output_dir": str(tmp_path), "amp": amp, "teacher.epochs": 3,
+              "student.epochs": 2, "student.model.hidden_sizes": [16],
+              "student.teacher_cache": False}  # the teacher runs on every batch
+    t = api.teach(None, common, name="t", quiet=True, wandb="disabled")
+    assert set(loss_dtypes) == {(low, None, torch.float32)}
+    loss_dtypes.clear()
+    api.student(None, {**common, "student.teacher": str(t.run_dir)}, name="s", quiet=True,
+                wandb="disabled")
+    assert set(loss_dtypes) == {(low, low, torch.float32)}
+    loss_dtypes.clear()
+    api.sweep(None, {**common, "student.teacher": str(t.run_dir)}, Ts=[4.0], alphas=[0.5],
+              seeds=[0, 1], mode="batched", name="grid", quiet=True, wandb="disabled")
+    assert set(loss_dtypes) == {(low, low, torch.float32)}
+    env = json.loads((t.run_dir / "environment.json").read_text())
+    assert env["amp_bf16"] is amp
+    assert t.summary["test"]["accuracy"] > 0.9, t.summary["test"]
