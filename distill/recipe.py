@@ -28,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from distill.atomic import write_whole
 from distill.errors import RecipeError
 
+# a seed: what numpy accepts (torch and the per-epoch seeds derived from it fit too)
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
 
 class _Strict(BaseModel):
     """Base for every recipe section: unknown keys are errors, never silently ignored."""
@@ -42,7 +45,7 @@ class DataConfig(_Strict):
     data_dir: str | None = None  # folder holding the dataset's official files
     download: bool = True  # try torchvision's download when files are missing
     val_size: float = Field(0.1, ge=0)  # fraction of train if < 1, a count if >= 1; 0 = none
-    data_seed: int = 0  # fixes the validation split and the order of batches in every epoch
+    data_seed: Seed = 0  # fixes the validation split and the order of batches in every epoch
     subset: int | None = Field(None, ge=1)  # keep this many training images (a fixed draw)
     test_subset: int | None = Field(None, ge=1)  # keep this many test images (a fixed draw)
     image_size: int | None = Field(None, ge=8)  # resize ImageFolder images to this square size
@@ -132,7 +135,7 @@ class SweepConfig(_Strict):
         default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0], min_length=1)
     alpha: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     mode: Literal["auto", "batched", "sequential"] = "auto"
     chunk_size: int | None = Field(None, ge=1)  # students per batched chunk; None: automatic
 
@@ -169,7 +172,7 @@ class Recipe(_Strict):
     """A whole experiment. The defaults are the embedded `digits` experiment."""
 
     name: str | None = None  # run-name prefix; default: <role>-<dataset>
-    seed: int = 0  # initialisation and dropout (batch order is data.data_seed's)
+    seed: Seed = 0  # initialisation and dropout (batch order is data.data_seed's)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
     output_dir: str = "outputs"
     deterministic: bool = False  # torch's deterministic algorithms (bitwise repeatable on GPU)

@@ -94,6 +94,21 @@ def test_a_null_override_resets_an_optional_field(tmp_path: Path) -> None:
         load_recipe(None, {"seed": None})
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ({"data.data_seed": 2**40}, "data.data_seed: Input should be less than 4294967296, got "
+                                "1099511627776"),
+    ({"seed": -1}, "seed: Input should be greater than or equal to 0, got -1"),
+    ({"sweep.seeds": [0, 2**32]}, "sweep.seeds.1: Input should be less than 4294967296, got "
+                                  "4294967296"),
+])
+def test_a_seed_numpy_cannot_take_is_refused_by_the_recipe(override, message) -> None:
+    """Not torch's bare "Overflow" at the first epoch (or numpy's error mid-setup)."""
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(None, override)
+    assert str(exc.value) == f"command line: {message}"
+    assert load_recipe(None, {"seed": 2**32 - 1, "data.data_seed": 2**32 - 1}).seed == 2**32 - 1
+
+
 def test_dump_and_reload_round_trip(tmp_path: Path) -> None:
     r = load_recipe("mnist_hinton", {"seed": 3, "student.T": 7.5})
     path = tmp_path / "recipe.yaml"
