@@ -236,10 +236,13 @@ def profile_model(
     try:
         with torch.no_grad():
             layout = input_format(model)
-            one = torch.randn(1, *in_shape, device=device, dtype=dtype)
+            # inputs from a generator of their own: a profile taken between seeding and
+            # training (the teacher's, when its logits are cached) must not move the run's RNG
+            gen = torch.Generator().manual_seed(0)
+            one = torch.randn(1, *in_shape, generator=gen).to(device, dtype)
             macs = _count_macs(model, one.contiguous(memory_format=layout))
-            batch = torch.randn(batch_size, *in_shape, device=device, dtype=dtype
-                                ).contiguous(memory_format=layout)
+            batch = torch.randn(batch_size, *in_shape, generator=gen).to(
+                device, dtype).contiguous(memory_format=layout)
             latency = _median_latency_ms(lambda: model(batch), device, repeats)
     finally:
         for module, training in modes.items():

@@ -146,6 +146,26 @@ def test_cached_logits_are_the_teachers_and_train_the_same_student(tmp_path, tea
     assert not all(torch.allclose(live[k], shuffled[k], atol=1e-3) for k in live)
 
 
+def test_a_student_with_dropout_is_the_same_whether_the_cache_existed_or_not(
+        tmp_path, teachers) -> None:
+    """Computing the cache (the teacher's evaluation and cost profile) happens between the
+    run's seeding and its training: it must not move the RNG that draws dropout masks."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.rmtree(teachers[1] / FOLDER, ignore_errors=True)  # left by an earlier test
+    overrides = {**SMALL, "output_dir": str(tmp_path), "student.teacher": str(teachers[1]),
+                 "student.model.dropout": 0.3}
+    runs = []
+    for name in ("computes-the-cache", "reads-the-cache"):
+        runs.append(api.student(overrides=overrides, name=name, quiet=True).run_dir)
+        assert len(list((teachers[1] / FOLDER).glob("*.safetensors"))) == 1
+    first, second = (load_file(str(run / "model.safetensors")) for run in runs)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_a_damaged_cache_file_is_computed_again(tmp_path, teachers, forwards) -> None:
     data = load_data(DataConfig())
     teacher, source = load_teacher(str(teachers[0]), None, data.info, tmp_path)
