@@ -23,7 +23,8 @@ built after seeding with its own seed) and sees the same batches, so it ends wit
 weights up to float tolerance (batched matrix products round differently).
 
 Not batched (the sweep falls back to sequential mode and says why): dropout (vmap would draw
-other masks than the student alone), gradient clipping (a per-student global norm).
+other masks than the student alone), gradient clipping (a per-student global norm), max-norm,
+and optimizers other than our elementwise ones (LAMB, LARS, ... take whole-tensor norms).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from distill.checkpoint import (FORMAT_VERSION, LAST, carried_wall, load_checkpo
 from distill.data import DataBundle, eval_batches, indexed_train_batches, load_data, num_batches
 from distill.engine import EpochBar, autocast, resolve_device, resolve_precision
 from distill.models import build_model, count_parameters
-from distill.optim import build_optimizer, build_scheduler, weight_decay_groups
+from distill.optim import OUR_NAMES, build_optimizer, build_scheduler, weight_decay_groups
 from distill.recipe import Recipe
 from distill.sweep import Cell, claimed, finished, saved_chunks
 from distill.teacher import FrozenTeacher, load_teacher
@@ -62,6 +63,11 @@ def batching_problem(recipe: Recipe) -> str | None:
         return "the max-norm weight constraint is not applied in batched mode"
     if (cfg.model.dropout or 0) > 0 or (cfg.model.input_dropout or 0) > 0:
         return "the student uses dropout, whose masks would differ from a student trained alone"
+    if cfg.optim.name.lower().removeprefix("lookahead_") not in OUR_NAMES:
+        # e.g. LAMB's trust ratio or LARS take norms of whole tensors: over stacked students
+        return (f"the optimizer '{cfg.optim.name}' is not one known to update each weight on "
+                f"its own ({', '.join(OUR_NAMES)}, with or without lookahead_); over stacked "
+                f"students it could mix them")
     return None
 
 

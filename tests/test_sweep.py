@@ -222,6 +222,19 @@ def test_dropout_students_fall_back_to_sequential(tmp_path, teacher) -> None:
     assert info["mode"] == "sequential" and len(sweep.rows) == 1
 
 
+def test_an_optimizer_that_could_mix_stacked_students_is_not_batched(tmp_path, teacher) -> None:
+    """LAMB scales each tensor's step by a norm of the whole tensor: over stacked students
+    that norm would span all of them."""
+    result = runner.invoke(app, ["sweep", "--T", "4", "--alpha", "0.5", "--mode", "batched",
+                                 "--output-dir", str(tmp_path), "--teacher", str(teacher),
+                                 "--set", "student.optim.name=lamb", "--wandb", "disabled"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: --mode batched: the optimizer 'lamb' is not one known to update each weight on "
+        "its own (sgd, momentum, nesterov, adam, adamw, with or without lookahead_); over "
+        "stacked students it could mix them; use --mode sequential")
+
+
 def test_wandb_sweep_config_for_agents(tmp_path) -> None:
     path = tmp_path / "sweep.yaml"
     result = runner.invoke(app, ["sweep", "--recipe", "mnist_hinton", "--T", "2,4",
