@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shutil
 import statistics
@@ -86,13 +87,22 @@ def parse_values(text: str, what: str, cast=float) -> list:
 
 
 def grid(Ts: list[float], alphas: list[float], seeds: list[int]) -> list[Cell]:
-    """Every (T, alpha, seed) combination, T varying slowest."""
+    """Every (T, alpha, seed) combination, T varying slowest. The values come from the
+    flags or the recipe's ``sweep`` section: each list is checked here, whatever its source
+    (a repeated value would count one student twice in the mean over seeds)."""
+    for what, values in (("T", Ts), ("alpha", alphas), ("seeds", seeds)):
+        if len(set(values)) != len(values):
+            raise RecipeError(f"--{what} (or the recipe's sweep.{what}) "
+                              f"{','.join(f'{v:g}' for v in values)}: a value is repeated")
     for T in Ts:
-        if T <= 0:
+        if not (math.isfinite(T) and T > 0):
             raise RecipeError(f"--T: every temperature must be > 0, got {T:g}")
     for a in alphas:
         if not 0 <= a <= 1:
             raise RecipeError(f"--alpha: every alpha must lie in [0, 1], got {a:g}")
+    for seed in seeds:
+        if not 0 <= seed < 2**32:
+            raise RecipeError(f"--seeds: every seed must lie in [0, 2**32), got {seed}")
     return [Cell(T, a, s) for T in Ts for a in alphas for s in seeds]
 
 

@@ -249,14 +249,24 @@ def test_wandb_sweep_config_for_agents(tmp_path) -> None:
                                  "${args}"]
 
 
-def test_bad_grid_values_are_one_line_errors() -> None:
-    result = runner.invoke(app, ["sweep", "--T", "2,x", "--wandb", "disabled"])
+@pytest.mark.parametrize(("args", "message"), [
+    (["--T", "2,x"], "--T '2,x': expected comma-separated numbers, e.g. --T 1,2,4"),
+    (["--alpha", "0.5,1.5"], "--alpha: every alpha must lie in [0, 1], got 1.5"),
+    (["--T", "nan"], "--T: every temperature must be > 0, got nan"),
+    (["--seeds", "0,-1"], "--seeds: every seed must lie in [0, 2**32), got -1"),
+    (["--seeds", "0,1,0"], "--seeds '0,1,0': a value is repeated"),
+    # from the recipe: one student counted twice would make a mean over seeds and its std lie
+    (["--set", "sweep.seeds=[0, 0]"], "--seeds (or the recipe's sweep.seeds) 0,0: a value is "
+                                      "repeated"),
+    (["--set", "sweep.T=[4, 2, 4]"], "--T (or the recipe's sweep.T) 4,2,4: a value is "
+                                     "repeated"),
+])
+def test_bad_grid_values_are_one_line_errors(tmp_path, args, message) -> None:
+    result = runner.invoke(app, ["sweep", *args, "--output-dir", str(tmp_path), "--wandb",
+                                 "disabled"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("error: --T '2,x': expected comma-separated numbers, "
-                                     "e.g. --T 1,2,4")
-    result = runner.invoke(app, ["sweep", "--alpha", "0.5,1.5", "--wandb", "disabled"])
-    assert result.exit_code == 2
-    assert result.stderr.strip() == "error: --alpha: every alpha must lie in [0, 1], got 1.5"
+    assert result.stderr.strip() == f"error: {message}"
+    assert not any(tmp_path.iterdir())  # refused before any folder is made
 
 
 def test_sweep_resume_flag_continues_the_folder(tmp_path, teacher) -> None:
