@@ -88,6 +88,8 @@ def assert_same_run(a: Path, b: Path, optimizer: bool = True) -> None:
         assert len(oa) == len(ob) and all(torch.equal(x, y) for x, y in zip(oa, ob))
     assert metrics(a) == metrics(b)
     assert [r["epoch"] for r in metrics(a)] == [1, 2]
+    best = [json.loads((run / "summary.json").read_text())["best_on_val"] for run in (a, b)]
+    assert best[0] == best[1] and best[0]["epoch"] in (1, 2)  # the bookkeeping, not only weights
 
 
 def runs_differ(a: Path, b: Path) -> bool:
