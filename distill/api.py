@@ -226,7 +226,7 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     teacher_sha = source.sha256 if source is not None else None
     saver = (Checkpointer(run_dir, role, recipe, state, teacher_sha, resumes,
                           recipe.checkpoint.every_epoch, carried_wall(checkpoint),
-                          data_fingerprint) if main
+                          data_fingerprint, amp) if main
              else lambda where: None)
     try:
         with progress_bar(console, quiet or not main) as progress:

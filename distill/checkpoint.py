@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from distill.data import FILES_FINGERPRINT
-from distill.errors import DistillError
+from distill.errors import DistillError, divergence_advice
 
 FORMAT_VERSION = 1
 LAST = "checkpoint-last.pt"
@@ -167,8 +167,10 @@ class Checkpointer:
 
     def __init__(self, run_dir: Path, role: str, recipe, state, teacher_sha256: str | None,
                  resumes: list[dict[str, Any]], every_epoch: bool = True,
-                 wall_before: float = 0.0, data_fingerprint: str | None = None) -> None:
+                 wall_before: float = 0.0, data_fingerprint: str | None = None,
+                 amp: bool = False) -> None:
         self.run_dir, self.role, self.recipe, self.state = run_dir, role, recipe, state
+        self.amp = amp  # bf16 autocast on (as resolved for the device): for the advice
         self.teacher_sha256, self.resumes, self.every_epoch = teacher_sha256, resumes, every_epoch
         self.data_fingerprint = data_fingerprint  # DataBundle.content_fingerprint()
         self.wall_before, self.started = wall_before, time.perf_counter()
@@ -182,9 +184,9 @@ class Checkpointer:
             return
         model_state = self.state.model.state_dict()
         if not all_finite(model_state):
+            optim = getattr(self.recipe, self.role).optim
             raise DistillError(f"non-finite weights at step {self.state.step}: not "
-                               f"checkpointed; lower the learning rate (optim.lr) or add "
-                               f"grad clipping (optim.grad_clip)")
+                               f"checkpointed; {divergence_advice(optim.grad_clip, self.amp)}")
         payload = {"format": FORMAT_VERSION, "role": self.role,
                    "recipe_fingerprint": self.recipe.fingerprint(),
                    "state": self.state.state_dict(), "rng": rng_state(), "scaler": None,

@@ -20,7 +20,7 @@ from distill.augment import BatchAugment
 from distill.data import (DataBundle, DataInfo, Split, eval_batches, indexed_train_batches,
                           num_batches)
 from distill.distributed import World, reduce_sums
-from distill.errors import DistillError
+from distill.errors import DistillError, divergence_advice
 from distill.losses import distillation_loss
 from distill.models import input_format
 from distill.teacher import FrozenTeacher
@@ -166,14 +166,9 @@ def _non_finite(parts: dict[str, Tensor], epoch: int, step: int, cfg: LoopConfig
                 ) -> DistillError:
     """The error for a loss that is not finite, advising only what this run can change."""
     broken = [k for k in ("soft", "hard", "loss") if not math.isfinite(parts[k].item())]
-    hints = ["lower the learning rate (optim.lr)"]
-    if cfg.grad_clip is None:
-        hints.append("add grad clipping (optim.grad_clip)")
-    if cfg.amp:
-        hints.append("turn mixed precision off (amp: false)")
-    advice = hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"
     return DistillError(f"non-finite loss at epoch {epoch + 1}, step {step}: the "
-                        f"{broken[0] if broken else 'gradient'} term is not finite; {advice}")
+                        f"{broken[0] if broken else 'gradient'} term is not finite; "
+                        f"{divergence_advice(cfg.grad_clip, cfg.amp)}")
 
 
 def train_step(state: TrainState, x: Tensor, y: Tensor, cfg: LoopConfig,

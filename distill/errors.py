@@ -23,3 +23,14 @@ class RecipeError(DistillError):
 
 class DataError(DistillError):
     """Missing, truncated or malformed data."""
+
+
+def divergence_advice(grad_clip: float | None, amp: bool) -> str:
+    """What a run whose loss or weights stopped being finite can change: the learning rate;
+    gradient clipping unless it clips already; mixed precision only where it is on."""
+    hints = ["lower the learning rate (optim.lr)"]
+    if grad_clip is None:
+        hints.append("add grad clipping (optim.grad_clip)")
+    if amp:
+        hints.append("turn mixed precision off (amp: false)")
+    return hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"

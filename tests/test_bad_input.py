@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -76,14 +77,19 @@ def test_a_teacher_run_with_other_classes_is_refused_before_training(tmp_path) -
     assert sorted(p.name for p in out.iterdir()) == ["digits-teacher"]
 
 
-def test_non_finite_weights_are_never_checkpointed(tmp_path) -> None:
+@pytest.mark.parametrize(("more", "advice"), [
+    ([], "lower the learning rate (optim.lr) or add grad clipping (optim.grad_clip)"),
+    (["--set", "amp=true"], "lower the learning rate (optim.lr), add grad clipping "
+                            "(optim.grad_clip) or turn mixed precision off (amp: false)"),
+])
+def test_non_finite_weights_are_never_checkpointed(tmp_path, more, advice) -> None:
     from distill.checkpoint import LAST, all_finite, load_checkpoint
 
     result = runner.invoke(app, ["teach", "--lr", "1e30", "--set", "teacher.optim.name=sgd",
-                                 "--epochs", "1", "--checkpoint-every", "1", "--output-dir",
-                                 str(tmp_path), "--name", "nan", "--wandb", "disabled", "-q"])
+                                 *more, "--epochs", "1", "--checkpoint-every", "1",
+                                 "--output-dir", str(tmp_path), "--name", "nan", "--wandb",
+                                 "disabled", "-q"])
     assert result.exit_code == 2
-    assert result.stderr == ("error: non-finite weights at step 2: not checkpointed; lower the "
-                             "learning rate (optim.lr) or add grad clipping (optim.grad_clip)\n")
+    assert result.stderr == f"error: non-finite weights at step 2: not checkpointed; {advice}\n"
     saved = load_checkpoint(tmp_path / "nan" / LAST)  # step 1's, before the fault
     assert saved["state"]["step"] == 1 and all_finite(saved["state"]["model"])
