@@ -157,6 +157,17 @@ def resolve_mode(requested: str) -> str:
     return "online" if logged_in() else "offline"
 
 
+def offline_reason(requested: str) -> str:
+    """Why :func:`resolve_mode` chose ``offline`` for ``requested``: said so by the recipe or
+    flag, by ``WANDB_MODE``, or (``auto`` with neither) no wandb login."""
+    if requested == "offline":
+        return "as asked"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if requested == "auto" and env in ("offline", "dryrun"):
+        return f"WANDB_MODE={env}"
+    return "not logged in"
+
+
 def require_wandb(mode: str):
     """Import wandb for an enabled mode (None for ``disabled``); a clear error if missing."""
     if mode == "disabled":
@@ -190,7 +201,7 @@ class Tracker:
         global _OFFLINE_NOTICE_SHOWN
         if self.mode == "offline" and not _OFFLINE_NOTICE_SHOWN and console is not None:
             _OFFLINE_NOTICE_SHOWN = True
-            console.print(f"wandb: offline (not logged in); upload later with: "
+            console.print(f"wandb: offline ({offline_reason(cfg.mode)}); upload later with: "
                           f"wandb sync {run_dir}/wandb/offline-run-*",
                           markup=False, highlight=False, soft_wrap=True)
 

@@ -116,6 +116,25 @@ def test_wandb_offline_writes_run_files_with_the_final_metrics(tmp_path, monkeyp
     assert artifacts and artifacts[0].artifact.type == "model"
 
 
+@pytest.mark.parametrize("requested, env, reason", [
+    ("offline", None, "as asked"),
+    ("offline", "online", "as asked"),  # the recipe's or flag's mode wins over WANDB_MODE
+    ("auto", "offline", "WANDB_MODE=offline"),
+    ("auto", "dryrun", "WANDB_MODE=dryrun"),
+    ("auto", None, "not logged in"),
+])
+def test_the_offline_notice_says_why(monkeypatch, requested, env, reason) -> None:
+    """A user who asked for offline (or is logged in and set WANDB_MODE) is not told that
+    they are not logged in."""
+    from distill.tracking import offline_reason
+
+    if env is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env)
+    assert offline_reason(requested) == reason
+
+
 @pytest.mark.parametrize("requested, env, key, expected", [
     ("disabled", "online", None, "disabled"),
     ("offline", None, "k", "offline"),
