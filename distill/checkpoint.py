@@ -1,10 +1,11 @@
 """Checkpoints: atomic save, safe load, and what a resumed run needs.
 
 A checkpoint holds everything a run needs to continue as if never stopped: model, optimizer
-(Lookahead's slow weights included), schedule, AMP scaler, every random generator (python,
+(Lookahead's slow weights included), schedule, every random generator (python,
 numpy, torch CPU and CUDA; the batch order is a function of ``data_seed`` and the epoch, so
 the position in the epoch restores it), counters, the best-on-validation state, the running
-sums of the current epoch, a hash of the resolved recipe, and the format version.
+sums of the current epoch, a hash of the resolved recipe, and the format version. (Its
+``scaler`` slot stays None: bf16 autocast needs no gradient scaler.)
 
 Writes are atomic: a temporary file in the same folder, flushed and fsynced, then renamed
 over the old one, so a kill during a save leaves the previous checkpoint loadable; stale

@@ -56,7 +56,8 @@ ResumeOpt = typer.Option(None, "--resume", help="Continue this run folder from i
 AllowOpt = typer.Option(False, "--allow-changes", help="With --resume: accept a recipe that "
                         "differs from the run's (e.g. more epochs).")
 CkptOpt = typer.Option(None, "--checkpoint-every", help="Also checkpoint every N optimizer steps "
-                       "(checkpoint.every_steps; one is always written at each epoch end).")
+                       "(checkpoint.every_steps); one is also written at each epoch end unless "
+                       "checkpoint.every_epoch is false.")
 DetOpt = typer.Option(None, "--deterministic", help="Use PyTorch's deterministic algorithms "
                       "(bitwise-repeatable runs on GPU too).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar, per-epoch lines or "

@@ -70,7 +70,8 @@ def cache_folder(source: TeacherSource, output_dir: Path) -> Path | None:
 
 def teacher_logits(teacher: FrozenTeacher, source: TeacherSource, data: DataBundle,
                    output_dir: Path, console=None, write: bool = True) -> TeacherLogits:
-    """The teacher's logits over ``data`` (on the teacher's device): read from the cache when
+    """The teacher's logits over ``data`` (computed on the teacher's device, returned as
+    float32 on the CPU, see :class:`TeacherLogits`): read from the cache when
     the key matches, else computed once and stored atomically (unless ``write`` is False:
     the other ranks of a torchrun job)."""
     folder = cache_folder(source, output_dir)
