@@ -233,7 +233,9 @@ def wandb_sweep_config(recipe_spec: str | None, Ts: list[float], alphas: list[fl
     command += [*extra_args, "${args}"]
     return {
         "method": "grid",
-        "metric": {"name": "best_on_val/val_accuracy", "goal": "maximize"},
+        # what best_cell and the heatmap rank by: the last epoch's validation accuracy (the
+        # weights that are tested), not the peak epoch's
+        "metric": {"name": "final_epoch/val_accuracy", "goal": "maximize"},
         "parameters": {"T": {"values": Ts}, "alpha": {"values": alphas},
                        "seed": {"values": seeds}},
         "command": command,
