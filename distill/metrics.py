@@ -34,10 +34,10 @@ __all__ = [
 # input checks
 
 
-def _check_logits_targets(logits: Tensor, targets: Tensor) -> None:
-    """Raise ValueError unless logits is [N, K] (N >= 1) and targets is [N]."""
+def _check_logits_targets(logits: Tensor, targets: Tensor, what: str = "logits") -> None:
+    """Raise ValueError unless logits (named ``what``) is [N, K] (N >= 1) and targets is [N]."""
     if logits.dim() != 2:
-        raise ValueError(f"logits must be [N, K], got shape {tuple(logits.shape)}")
+        raise ValueError(f"{what} must be [N, K], got shape {tuple(logits.shape)}")
     if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
         raise ValueError(
             f"targets must be [N] with N={logits.shape[0]}, got shape {tuple(targets.shape)}"
@@ -88,7 +88,7 @@ def expected_calibration_error(probs: Tensor, targets: Tensor, n_bins: int = 15)
     [0, 1], bin ``b`` covering ``(b/n_bins, (b+1)/n_bins]`` (the first bin also holds 0).
     ECE = sum over bins of ``|accuracy(bin) - mean confidence(bin)| * count(bin) / N``.
     """
-    _check_logits_targets(probs, targets)
+    _check_logits_targets(probs, targets, "probs")
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     probs = probs.double()

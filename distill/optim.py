@@ -118,6 +118,9 @@ def build_optimizer(model: nn.Module | list[dict[str, Any]], cfg: OptimConfig
     name = cfg.name.lower()
     lookahead = name.startswith("lookahead_")
     inner = name.removeprefix("lookahead_")
+    if not lookahead and inner == "lookahead":
+        raise RecipeError(f"optim.name: '{cfg.name}': name the optimizer Lookahead wraps, "
+                          f"e.g. lookahead_adam or lookahead_sgd")
     if inner.startswith("lookahead"):
         raise RecipeError(f"optim.name: '{cfg.name}': Lookahead cannot wrap Lookahead")
     timm_name, kwargs = _inner_kwargs(inner, cfg)

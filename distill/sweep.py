@@ -184,7 +184,9 @@ def sweep_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
     best = best_cell(cells)
     teacher = info.get("teacher_test_accuracy")
     baseline = info.get("baseline_test_accuracy")
+    baseline_from = f"run {info.get('baseline_run', '--baseline')}"  # given by --baseline
     if baseline is None:  # alpha = 0 cells are baselines trained on the same batches
+        baseline_from = "alpha 0"
         zero = [r["test_accuracy"] for r in rows if r["alpha"] == 0]
         baseline = statistics.fmean(zero) if zero else None
     size = grid_size(info)
@@ -204,7 +206,7 @@ def sweep_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
     if teacher is not None:
         notes.append(f"teacher test {100 * teacher:.2f}%")
     if baseline is not None:
-        notes.append(f"baseline (alpha 0) test {100 * baseline:.2f}%")
+        notes.append(f"baseline ({baseline_from}) test {100 * baseline:.2f}%")
     if best is not None:
         notes.append(f"chosen on validation: T {best['T']:g}, alpha {best['alpha']:g} -> "
                      f"test {100 * best['test'][0]:.2f}%")
@@ -462,6 +464,7 @@ def run_sweep(recipe: Recipe | str | Path | None = None,
         info["mode"] = json.loads((sweep_dir / SWEEP_FILE).read_text()).get("mode", chosen)
     if base.student.baseline:
         info["baseline_test_accuracy"] = read_baseline(base.student.baseline)["test"]["accuracy"]
+        info["baseline_run"] = base.student.baseline
     info["teacher_test_accuracy"] = teacher_acc
     check_same_sweep(sweep_dir, info, base)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -523,7 +526,8 @@ def _train_cell(base: Recipe, common: dict[str, Any], cell: Cell, sweep_dir: Pat
     else:
         student(base, {**common, **cell.overrides()}, name=cell.name, quiet=True)
     row = cell_result(run)
-    console.print(f"  {counter} {cell.name}: val {100 * (row['val_accuracy'] or 0):.2f}%  "
+    val = "—" if row["val_accuracy"] is None else f"{100 * row['val_accuracy']:.2f}%"
+    console.print(f"  {counter} {cell.name}: val {val}  "
                   f"test {100 * row['test_accuracy']:.2f}%  "
                   f"({time.perf_counter() - start:.1f} s)", markup=False, soft_wrap=True)
 

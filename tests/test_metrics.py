@@ -101,6 +101,10 @@ def test_classification_metrics_rejects_bad_shapes() -> None:
         classification_metrics(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"^cannot compute metrics on an empty set \(N = 0\)$"):
         classification_metrics(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    from distill.metrics import expected_calibration_error
+
+    with pytest.raises(ValueError, match=r"^probs must be \[N, K\], got shape \(4,\)$"):
+        expected_calibration_error(torch.zeros(4), torch.zeros(4, dtype=torch.long))
 
 
 # --------------------------------------------------------------------------------------

@@ -118,10 +118,10 @@ def test_optimizer_names_mean_what_they_say() -> None:
     model = _model()
     sgd = build_optimizer(model, OptimConfig(name="sgd", lr=0.1))
     momentum = build_optimizer(model, OptimConfig(name="momentum", lr=0.1, momentum=0.8))
-    nesterov = build_optimizer(model, OptimConfig(name="nesterov", lr=0.1))
+    nesterov = build_optimizer(model, OptimConfig(name="nesterov", lr=0.1, momentum=0.7))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.0
     assert momentum.defaults["momentum"] == 0.8 and not momentum.defaults["nesterov"]
-    assert nesterov.defaults["nesterov"] and nesterov.defaults["momentum"] == 0.9
+    assert nesterov.defaults["nesterov"] and nesterov.defaults["momentum"] == 0.7
     for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
         adam = build_optimizer(model, OptimConfig(name=name, betas=(0.8, 0.95)))
         assert isinstance(adam, cls)
@@ -173,6 +173,16 @@ def test_unknown_optimizer_lists_the_known_ones() -> None:
         "optim.name: unknown optimizer 'adamm'; known: sgd, momentum, nesterov, adam, adamw, "
         "lookahead_sgd, lookahead_momentum, lookahead_nesterov, lookahead_adam, "
         "lookahead_adamw, or any timm.optim.list_optimizers() name")
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("lookahead", "name the optimizer Lookahead wraps, e.g. lookahead_adam or lookahead_sgd"),
+    ("lookahead_lookahead_adam", "Lookahead cannot wrap Lookahead"),
+])
+def test_lookahead_needs_one_inner_optimizer(name: str, message: str) -> None:
+    with pytest.raises(RecipeError) as exc:
+        build_optimizer(_model(), OptimConfig(name=name))
+    assert str(exc.value) == f"optim.name: '{name}': {message}"
 
 
 def test_schedules() -> None:

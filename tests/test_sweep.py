@@ -169,6 +169,14 @@ def test_the_sweep_table_marks_the_cell_chosen_on_validation_and_the_gap_it_clos
     assert "│ 4 │ 0 │ 2 │ 71.00 ± 1.41 │ 80.00 ± 1.41 │ 0% │ │" in lines
     assert ("teacher test 90.00%; baseline (alpha 0) test 80.00%; chosen on validation: T 4, "
             "alpha 0.5 -> test 84.00%") in " ".join(lines)
+    # a baseline given with --baseline is named as such, not as the alpha 0 cells
+    (tmp_path / "sweep.json").write_text(json.dumps(
+        {"teacher_test_accuracy": 0.90, "baseline_test_accuracy": 0.75,
+         "baseline_run": "outputs/b", "Ts": [4.0], "alphas": [0.0, 0.5, 0.9], "seeds": [0, 1]}))
+    console = Console(width=200, record=True)
+    console.print(sweep_table(tmp_path, rows))
+    text = " ".join(" ".join(line.split()) for line in console.export_text().splitlines())
+    assert "baseline (run outputs/b) test 75.00%;" in text and "(alpha 0)" not in text
 
 
 def test_a_chunk_epoch_line_names_every_student_tied_for_the_highest_val_accuracy() -> None:
