@@ -190,6 +190,8 @@ class Checkpointer:
                                f"checkpointed; {divergence_advice(optim.grad_clip, self.amp)}")
         payload = {"format": FORMAT_VERSION, "role": self.role,
                    "recipe_fingerprint": self.recipe.fingerprint(),
+                   # what a resume compares with (recipe.yaml is rewritten when it starts)
+                   "recipe": self.recipe.model_dump(mode="json"),
                    "state": self.state.state_dict(), "rng": rng_state(), "scaler": None,
                    "teacher_sha256": self.teacher_sha256, "resumes": self.resumes,
                    "data_fingerprint": self.data_fingerprint,
@@ -320,6 +322,19 @@ def _without_location(dump: dict[str, Any], teacher: bool) -> dict[str, Any]:
     return {**dump, "data": data, "student": student}
 
 
+def checkpoint_recipe(run_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """The recipe ``payload`` (a checkpoint of ``run_dir``) was written under, as a dump: its
+    own copy, else (a checkpoint older than that copy) the run's ``recipe.yaml``. Not the
+    file first: a resume with --allow-changes rewrites it when it starts, so one stopped
+    before its first checkpoint would leave the next resume nothing to compare, and no
+    record of the change."""
+    from distill.recipe import load_recipe, validate_recipe
+
+    if payload.get("recipe") is None:
+        return load_recipe(run_dir / "recipe.yaml").model_dump(mode="json")
+    return validate_recipe(payload["recipe"], str(run_dir / LAST), {}).model_dump(mode="json")
+
+
 def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> dict[str, Any]:
     """The newest checkpoint of ``run_dir``, after checking it may be resumed with ``recipe``.
 
@@ -342,10 +357,7 @@ def check_resumable(run_dir: Path, role: str, recipe, allow_changes: bool) -> di
         command = "teach" if payload["role"] == "teacher" else "student"
         raise DistillError(f"--resume {run_dir}: a {payload['role']} run; resume it with "
                            f"`distill {command} --resume {run_dir}`")
-    from distill.recipe import load_recipe
-
-    saved, new = (load_recipe(run_dir / "recipe.yaml").model_dump(mode="json"),
-                  recipe.model_dump(mode="json"))
+    saved, new = checkpoint_recipe(run_dir, payload), recipe.model_dump(mode="json")
     changes = recipe_changes(saved, new)
     if not changes or allow_changes:
         return {**payload, "check_data": not allow_changes, "allowed": changes}

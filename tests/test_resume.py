@@ -332,6 +332,28 @@ def test_resume_with_a_changed_recipe_is_refused_unless_allowed(tmp_path, killed
     assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
 
 
+def test_an_allowed_change_stopped_before_its_first_checkpoint_is_not_lost(
+        tmp_path, killed_mid_epoch) -> None:
+    """A resume with --allow-changes rewrites recipe.yaml as it starts. Stopped before its
+    first checkpoint, it leaves a recipe.yaml that no longer is the checkpoint's: the next
+    resume compares with the checkpoint's own recipe, so the change is neither taken
+    silently nor missing from the run's record of resumes."""
+    from distill.recipe import dump_recipe, load_recipe
+
+    run = tmp_path / "run"
+    shutil.copytree(killed_mid_epoch, run)
+    dump_recipe(load_recipe(run / "recipe.yaml", {"teacher.epochs": 3}), run / "recipe.yaml")
+    assert user_error("teach", "--resume", str(run)) == (
+        f"error: --resume {run}: the recipe differs from the run's: teacher.epochs: 2 -> 3; "
+        f"pass --allow-changes to resume with it anyway")
+    result = runner.invoke(app, ["teach", "--resume", str(run), "--allow-changes", "--wandb",
+                                 "disabled", "-q"])
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
+    resumes = json.loads((run / "summary.json").read_text())["resumes"]
+    assert resumes[-1]["changes"] == ["teacher.epochs: 2 -> 3"]
+
+
 @pytest.mark.parametrize(("settings", "advice"), [
     ([], "lower the learning rate (optim.lr) or add grad clipping (optim.grad_clip)"),
     (["amp=true"], "lower the learning rate (optim.lr), add grad clipping (optim.grad_clip) "
