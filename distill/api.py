@@ -28,7 +28,8 @@ from distill.checkpoint import (RESUME_SKIP_ENV, Checkpointer, FileLock, carried
                                 clean_stale, lock_run, resume_folder, set_deterministic,
                                 set_rng_state)
 from distill.data import DataBundle, load_data, num_batches
-from distill.distributed import World, check_batch, main_first, seed_rank, teardown, wrap
+from distill.distributed import (World, check_batch, gather_rank_rng, main_first, start_rank_rng,
+                                 teardown, wrap)
 from distill.distributed import setup as dist_setup
 from distill.engine import (LoopConfig, TrainState, fit, predict, resolve_device,
                             resolve_precision)
@@ -210,7 +211,9 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     resumes = []
     if checkpoint is not None:
         resumes = _restore(state, checkpoint, device, console, world)
-    seed_rank(world, recipe.seed, state.step)  # other ranks draw their own dropout masks
+    # other ranks draw their own dropout masks, continuing their streams on a resume
+    start_rank_rng(world, checkpoint.get("rank_rng") if checkpoint else None, recipe.seed,
+                   state.step)
     log = MetricsLog(run_dir / METRICS) if main else None
     if log is not None and checkpoint is not None:
         log.truncate_after(state.epoch)  # epochs logged after the checkpoint run again
@@ -226,8 +229,14 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
     teacher_sha = source.sha256 if source is not None else None
     saver = (Checkpointer(run_dir, role, recipe, state, teacher_sha, resumes,
                           recipe.checkpoint.every_epoch, carried_wall(checkpoint),
-                          data_fingerprint, amp) if main
-             else lambda where: None)
+                          data_fingerprint, amp) if main else None)
+
+    def at_checkpoint(where: str) -> None:  # on every rank, at the same points
+        if where == "epoch" and not recipe.checkpoint.every_epoch:
+            return
+        rank_rng = gather_rank_rng(world)  # a collective under torchrun: before rank 0 saves
+        if saver is not None:
+            saver(where, rank_rng)
     try:
         with progress_bar(console, quiet or not main) as progress:
             def on_epoch(record: dict[str, Any]) -> None:
@@ -239,7 +248,7 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
 
             fit(state, data, loop, teacher, on_epoch,
                 progress if progress.live.is_started else None,
-                on_checkpoint=saver, every_steps=recipe.checkpoint.every_steps)
+                on_checkpoint=at_checkpoint, every_steps=recipe.checkpoint.every_steps)
         if not main:
             return RunResult(None, {})  # type: ignore[arg-type] - rank 0 holds the run
         summary = _finish(role, recipe, run_dir, state, data, teacher, source, log.read(),

@@ -180,7 +180,9 @@ class Checkpointer:
         """The run's wall time so far: earlier segments plus this one."""
         return self.wall_before + time.perf_counter() - self.started
 
-    def __call__(self, where: str) -> None:
+    def __call__(self, where: str, rank_rng: list[dict[str, Any]] | None = None) -> None:
+        """Save at ``where`` ("step" or "epoch"); ``rank_rng``: every rank's random stream
+        under torchrun (:func:`distill.distributed.gather_rank_rng`), None otherwise."""
         if where == "epoch" and not self.every_epoch:
             return
         model_state = self.state.model.state_dict()
@@ -194,7 +196,7 @@ class Checkpointer:
                    "recipe": self.recipe.model_dump(mode="json"),
                    "state": self.state.state_dict(), "rng": rng_state(), "scaler": None,
                    "teacher_sha256": self.teacher_sha256, "resumes": self.resumes,
-                   "data_fingerprint": self.data_fingerprint,
+                   "data_fingerprint": self.data_fingerprint, "rank_rng": rank_rng,
                    "where": where, "wall_seconds": self.wall_seconds()}
         last = self.run_dir / LAST
         save_atomic(payload, last)

@@ -16,7 +16,9 @@ GPU, gloo on CPU). How a run is split:
 - what is computed once and cached (decoded images, normalisation constants, teacher logits)
   is computed by rank 0 while the others wait (:func:`main_first`), then read by them;
 - epoch loss sums are reduced across ranks before they are logged or checkpointed, and the
-  checkpoint holds the unwrapped model, so a checkpoint resumes under DDP or in one process.
+  checkpoint holds the unwrapped model, so a checkpoint resumes under DDP or in one process;
+  it also holds every rank's random stream, so a resume on as many ranks draws the dropout
+  masks the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -149,3 +151,33 @@ def seed_rank(world: World | None, seed: int, step: int) -> None:
     rank and the step it starts at; rank 0 keeps the single-process stream."""
     if world is not None and world.rank > 0:
         torch.manual_seed((seed * 1_000_003 + world.rank * 7919 + step) % (1 << 62))
+
+
+def gather_rank_rng(world: World | None) -> list[dict[str, Tensor | None]] | None:
+    """Every rank's torch generator states (CPU, and this rank's GPU), gathered on rank 0 for
+    its checkpoint (None on the other ranks and outside torchrun). Every rank must call it at
+    the same checkpoint point: it is a collective."""
+    if world is None:
+        return None
+    state = {"torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    gathered: list | None = [None] * world.size if world.is_main else None
+    dist.gather_object(state, gathered, dst=0)
+    return gathered
+
+
+def start_rank_rng(world: World | None, saved: list[dict[str, Tensor | None]] | None,
+                   seed: int, step: int) -> None:
+    """The random stream of a rank > 0 as training starts: where it stood at the checkpoint
+    (``saved``: :func:`gather_rank_rng`'s list) when that checkpoint was written by as many
+    ranks, so a resumed run draws the dropout masks the uninterrupted run would have; else
+    (a new run, or another number of ranks) :func:`seed_rank`'s. Rank 0's stream is the
+    checkpoint's ``rng``, as in one process."""
+    if world is None or world.is_main:
+        return
+    if saved is None or len(saved) != world.size:
+        seed_rank(world, seed, step)
+        return
+    torch.set_rng_state(saved[world.rank]["torch"])
+    if saved[world.rank]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(saved[world.rank]["cuda"])

@@ -4,7 +4,8 @@ same global batch, checkpoints that resume under DDP and in a single process.
 Digits with 145 validation images leaves 1293 training images: 20 batches of 64 and a last
 one of 13, which the two ranks split 7 + 6, so the loss scaling of unequal shards is
 exercised too (the default 144 would leave 14, split evenly). Dropout is off (each
-rank would draw its own masks), so the runs can be compared weight for weight.
+rank draws its own masks), so the runs can be compared weight for weight with one process;
+one test turns it on to compare a resumed torchrun run with an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -128,6 +129,28 @@ def test_a_ddp_checkpoint_resumes_in_one_process_and_under_torchrun(runs) -> Non
         assert len(metrics(run)) == 2, name  # each epoch logged once
         for a, b in zip(metrics(run), metrics(runs["one"])):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4), name
+
+
+def test_a_ddp_run_with_dropout_resumes_drawing_the_masks_it_would_have(tmp_path) -> None:
+    """Every rank's random stream is in the checkpoint: killed right after its step-14
+    checkpoint and resumed on two ranks again, a run with dropout ends with the weights of
+    the run never stopped (rank 1 would otherwise restart its stream from the step, drawing
+    other masks from there on)."""
+    dropout = [arg if arg != "teacher.model.dropout=0" else "teacher.model.dropout=0.3"
+               for arg in TEACH]
+    whole = torchrun(*dropout, "--output-dir", str(tmp_path), "--name", "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = torchrun(*dropout, "--output-dir", str(tmp_path), "--name", "cut",
+                      env={KILL_AFTER_SAVE_ENV: "2"})
+    assert killed.returncode != 0 and not (tmp_path / "cut" / "summary.json").exists()
+    again = torchrun("teach", "--resume", str(tmp_path / "cut"), "-q", "--wandb", "disabled")
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    timing = ("epoch_seconds", "images_per_second")
+    logged = [[{k: v for k, v in r.items() if k not in timing} for r in metrics(tmp_path / run)]
+              for run in ("whole", "cut")]
+    assert logged[0] == logged[1] and len(logged[0]) == 2
 
 
 def test_ranks_other_than_0_draw_their_own_dropout_masks() -> None:
