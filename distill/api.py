@@ -41,7 +41,7 @@ from distill.recipe import (Recipe, RoleConfig, apply_overrides, dump_recipe, lo
                             validate_recipe)
 from distill.report import comparison_table, plot_confusion_matrix, plot_learning_curves
 from distill.teacher import (SUMMARY, WEIGHTS, FrozenTeacher, file_sha256, load_teacher,
-                             read_summary, teacher_location)
+                             read_summary, teacher_location, warn_if_other_split)
 from distill.teacher_cache import MAX_BYTES as CACHE_MAX_BYTES
 from distill.teacher_cache import teacher_logits
 from distill.tracking import (METRICS, MetricsLog, Tracker, create_run_dir, environment, now_iso,
@@ -194,6 +194,8 @@ def _train_rank(role: str, recipe: Recipe, name: str | None, quiet: bool, resume
         console.print(f"teacher: {source.location} ({source.model['name']}"
                       + (f", sha256 {source.sha256[:12]})" if source.sha256 else ")"),
                       markup=False, highlight=False, soft_wrap=True)
+        if main:
+            warn_if_other_split(source.location, data.description)
 
     data = data.to(device)
     model.to(device, memory_format=torch.channels_last if channels_last

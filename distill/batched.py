@@ -51,7 +51,7 @@ from distill.models import build_model, count_parameters
 from distill.optim import OUR_NAMES, build_optimizer, build_scheduler, weight_decay_groups
 from distill.recipe import Recipe
 from distill.sweep import Cell, claimed, finished, saved_chunks
-from distill.teacher import FrozenTeacher, load_teacher
+from distill.teacher import FrozenTeacher, load_teacher, warn_if_other_split
 
 
 def batching_problem(recipe: Recipe) -> str | None:
@@ -426,6 +426,7 @@ def train_batched(base: Recipe, common: dict[str, Any], cells: list, sweep_dir: 
     if common.get("student.teacher"):
         teacher, source = load_teacher(common["student.teacher"], base.student.teacher_model,
                                   data.info, Path(base.output_dir))
+        warn_if_other_split(source.location, data.description)
         looped_cl = looped and resolve_precision(
             base.amp, base.channels_last, device, teacher)[1]
         teacher.to(device, memory_format=torch.channels_last if looped_cl

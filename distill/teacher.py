@@ -105,6 +105,40 @@ def newest_teacher_run(output_dir: Path, dataset: str) -> Path | None:
     return max(runs)[2] if runs else None
 
 
+def split_warning(location: str | None, data: dict[str, Any]) -> str | None:
+    """A warning when the teacher run at ``location`` was trained on another split of the
+    data than a student's (``data``: the student's ``DataBundle.description``) that holds a
+    validation split: the teacher may have trained on the student's validation images, so
+    choices made on that validation (epochs, T, alpha) may favour it. None when the splits
+    agree, the student has no validation split, or the teacher is not a run of ours."""
+    summary = read_summary(Path(location)) if location and Path(location).is_dir() else None
+    theirs = (summary or {}).get("data") or {}
+    if not theirs or not data.get("val"):
+        return None
+    keys = ("train", "val", "data_seed", "subset")
+    if all(theirs.get(k) == data.get(k) for k in keys):
+        return None
+    split = lambda d: ", ".join(f"{k} {d.get(k)}" for k in keys)  # noqa: E731
+    return (f"warning: the teacher was trained on another split ({split(theirs)}) than this "
+            f"run's ({split(data)}): it may have seen this run's validation images, so "
+            f"what validation picks may favour it; train the teacher with the same "
+            f"data.val_size and data.data_seed to rule that out")
+
+
+_WARNED: set[str] = set()  # split warnings already printed by this process
+
+
+def warn_if_other_split(location: str | None, data: dict[str, Any]) -> None:
+    """Print :func:`split_warning`'s warning on stderr, once per process (the cells of a
+    sweep share their teacher and data), whether or not the run is quiet."""
+    warning = split_warning(location, data)
+    if warning and warning not in _WARNED:
+        _WARNED.add(warning)
+        from rich.console import Console
+
+        Console(stderr=True).print(warning, markup=False, highlight=False, soft_wrap=True)
+
+
 def teacher_location(spec: str | None, dataset: str, output_dir: Path,
                      required: bool = True) -> str | None:
     """``--teacher`` as given, else the newest finished teacher run for ``dataset``.

@@ -120,3 +120,30 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, monkeypatch) -> None:
     with pytest.raises(DistillError, match="refused or unreadable as a weights-only state dict"):
         read_state_dict(tmp_path / "evil.pt")
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_teacher_trained_on_another_split_is_flagged_once(tmp_path, monkeypatch) -> None:
+    """A teacher trained with no validation split has seen the student's validation images:
+    the student says so on stderr (quiet or not, once per process, as a sweep's cells would
+    repeat it); a teacher of the student's own split draws no warning."""
+    from typer.testing import CliRunner
+
+    import distill.teacher as teacher_module
+    from distill.cli import app
+
+    monkeypatch.setattr(teacher_module, "_WARNED", set())
+    runner = CliRunner()
+    common = ["--epochs", "1", "--output-dir", str(tmp_path), "--wandb", "disabled", "-q"]
+    for name, split in (("all", ["--val-size", "0"]), ("same", [])):
+        assert runner.invoke(app, ["teach", "--name", name, *split, *common]).exit_code == 0
+    warning = ("warning: the teacher was trained on another split (train 1438, val 0, "
+               "data_seed 0, subset None) than this run's (train 1294, val 144, data_seed 0, "
+               "subset None): it may have seen this run's validation images, so what "
+               "validation picks may favour it; train the teacher with the same "
+               "data.val_size and data.data_seed to rule that out")
+    for name, teacher, warned in (("s1", "same", False), ("s2", "all", True),
+                                  ("s3", "all", False)):
+        result = runner.invoke(app, ["student", "--teacher", str(tmp_path / teacher), "--name",
+                                     name, *common])
+        assert result.exit_code == 0, result.output
+        assert (warning in " ".join(result.stderr.split())) is warned, (name, result.stderr)
