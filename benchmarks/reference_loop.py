@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from distill.data import DataInfo, Split
+from distill.engine import apply_max_norm
 
 
 class Uint8Images(Dataset):
@@ -44,6 +45,28 @@ class Uint8Images(Dataset):
         if self.augment is not None:
             image = self.augment(image)
         return (image.float() / 255.0 - self.mean) / self.std, int(self.labels[i])
+
+
+def cpu_augment(cfg) -> Callable[[Tensor], Tensor] | None:
+    """Per-sample augmentation on the CPU, as a torchvision pipeline does it: the recipe's
+    operations (``distill.augment.BatchAugment``, the same maths) applied to one uint8
+    image ``[C, H, W]`` at a time in the loader workers. Each worker draws its own stream
+    (from its DataLoader seed, like torchvision's transforms), so no two workers repeat
+    their shifts and flips."""
+    from distill.augment import BatchAugment
+
+    if not cfg.active():
+        return None
+    aug = BatchAugment(cfg)
+    counter = iter(range(1 << 62))
+
+    def one(image: Tensor) -> Tensor:
+        worker = torch.utils.data.get_worker_info()
+        base = worker.seed if worker is not None else torch.initial_seed()
+        seed = (base * 1_000_003 + next(counter)) % (1 << 62)
+        return aug(image.unsqueeze(0), seed=seed)[0]
+
+    return one
 
 
 def loader(split: Split, info: DataInfo, batch_size: int, train: bool, seed: int = 0,
@@ -77,10 +100,12 @@ def train(model: nn.Module, teacher: nn.Module | None, train_loader: DataLoader,
           test_loader: DataLoader, epochs: int, lr: float, T: float, alpha: float,
           device: torch.device, optimizer: str = "adam", momentum: float = 0.9,
           weight_decay: float = 0.0,
-          lr_lambda: Callable[[int], float] | None = None) -> ReferenceResult:
+          lr_lambda: Callable[[int], float] | None = None,
+          max_norm: float | None = None) -> ReferenceResult:
     """Train ``model`` (a teacher when ``teacher`` is None). ``lr_lambda(step)`` multiplies
     the learning rate per step (default: cosine over the run); benchmarks pass the recipe's
-    schedule so both sides train with the same hyperparameters."""
+    schedule so both sides train with the same hyperparameters. ``max_norm``: after each
+    step, cap the norm of every Linear unit's incoming weights (Hinton et al.'s constraint)."""
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
@@ -103,6 +128,8 @@ def train(model: nn.Module, teacher: nn.Module | None, train_loader: DataLoader,
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if max_norm is not None:  # a hyperparameter both sides share: distill's own
+                apply_max_norm(model, max_norm)
             sched.step()
             images += y.shape[0]
     if device.type == "cuda":

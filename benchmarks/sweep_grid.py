@@ -117,7 +117,7 @@ def reference(recipe, teacher_run: Path, Ts, alphas, device) -> dict:
     cfg = recipe.student
     test_loader = ref.loader(data.test, data.info, 1000, train=False)
     train_loader = ref.loader(data.train, data.info, cfg.batch_size, train=True,
-                              seed=recipe.data.data_seed)
+                              seed=recipe.data.data_seed, augment=ref.cpu_augment(cfg.augment))
     start = time.perf_counter()
     accs = []
     for T in Ts:
@@ -129,7 +129,8 @@ def reference(recipe, teacher_run: Path, Ts, alphas, device) -> dict:
                           cfg.optim.lr, T, alpha, device,
                           optimizer="adam" if "adam" in cfg.optim.name else "sgd",
                           momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                          lr_lambda=ref.schedule(cfg, len(train_loader)))
+                          lr_lambda=ref.schedule(cfg, len(train_loader)),
+                          max_norm=cfg.optim.max_norm)
             accs.append(r.test_accuracy)
             print(f"  reference T {T:g} alpha {alpha:g}: {r.seconds:.1f} s train, test "
                   f"{100 * r.test_accuracy:.2f}%", flush=True)
