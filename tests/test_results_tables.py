@@ -244,3 +244,47 @@ def test_a_record_keeps_the_resolved_recipe_the_tree_state_and_the_epochs(tmp_pa
                         .read_text())
     assert record["recipe"] is None and record["git_dirty"] is None
     assert not (store / "mnist_hinton" / "teacher-s1.epochs.csv").exists()
+
+
+def test_distilled_runs_are_paired_with_the_baseline_of_their_own_seed(tmp_path) -> None:
+    """Seeds 1 and 2 distilled against baselines 0, 1, 2: each difference uses its own
+    seed's baseline (pairing by position would take seed 0's for seed 1)."""
+    r = results_module()
+    store = tmp_path / "results"
+    for seed, e in enumerate([140, 150, 145]):
+        r.add(fake_run(tmp_path / "runs", f"b-{seed}", seed, e), "mnist_hinton", "baseline",
+              "b", store)
+    for seed, e in ((1, 84), (2, 82)):
+        r.add(fake_run(tmp_path / "runs", f"d-{seed}", seed, e, {"T": 20, "alpha": 0.9}),
+              "mnist_hinton", "distilled", "d", store)
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"{r.START}\n{r.END}\n")
+    block = r.tables(store, md)
+    assert ("| distilled (jittered), alpha 0.9 - baseline (paired) | -64.50 ± 2.12 (n=2) | "
+            "s1: -66.00, s2: -63.00 | |") in block
+
+
+def test_a_run_tested_on_a_subset_is_refused(tmp_path) -> None:
+    r = results_module()
+    run = fake_run(tmp_path / "runs", "small", 0, 30)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "test": {**summary["test"],
+                                                                      "n": 1000}}))
+    try:
+        r.add(run, "cifar10_jpeg_resnet", "teacher", "distill ...", tmp_path / "results")
+    except ValueError as e:
+        assert str(e) == (f"{run}: tested on 1000 images; cifar10_jpeg_resnet reports runs "
+                          "tested on all 10000 (a data.test_subset run?)")
+    else:
+        raise AssertionError("recorded")
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_committed_tables_are_those_the_committed_runs_give(tmp_path) -> None:
+    """docs/RESULTS.md between its markers is exactly what `results.py tables` writes from
+    the summaries committed under docs/results/: no figure edited by hand, none stale."""
+    r = results_module()
+    copy = tmp_path / "RESULTS.md"
+    copy.write_text(r.RESULTS_MD.read_text())
+    r.tables(r.HERE, copy)
+    assert copy.read_text() == r.RESULTS_MD.read_text()

@@ -43,6 +43,7 @@ EXPERIMENTS = {
     "mnist_hinton": {
         "title": "MNIST, Hinton et al. 2015 (test errors out of 10000, lower is better)",
         "unit": "errors",
+        "n_test": 10000,  # add() refuses a run tested on another number of images
         "published": {"teacher": "67", "baseline": "146",
                       "distilled": "74 (the paper's, without jitter)",
                       "distilled_val": "74 (the paper's, without jitter)", "distilled_plain": "74"},
@@ -60,6 +61,7 @@ EXPERIMENTS = {
     "cifar10_jpeg_resnet": {
         "title": "CIFAR-10 (JPEG q75), ResNet-56 -> ResNet-20 (test accuracy %)",
         "unit": "accuracy",
+        "n_test": 10000,
         "published": {"teacher": "~93 (original images)", "baseline": "~91 (original)",
                       "distilled": "~91.5 (original)"},
     },
@@ -113,11 +115,16 @@ def add(run: Path, experiment: str, variant: str, command: str, results: Path = 
 
 
 def _check_fits(run: Path, summary: dict, experiment: str, variant: str) -> None:
-    """Refuse a run the experiment's table would misreport: a baseline where the baselines are
+    """Refuse a run the experiment's table would misreport: one tested on a subset of the
+    test images (its errors would read as out of 10000), a baseline where the baselines are
     borrowed (the borrowed ones would silently stand in its place), or a teacher trained for
     other than the experiment's ``teacher_epochs`` (for a student: its teacher's epochs, read
     from the teacher run its summary names; see :func:`_teacher_of`)."""
     spec = EXPERIMENTS[experiment]
+    n_test = summary["test"]["n"]
+    if spec.get("n_test") is not None and n_test != spec["n_test"]:
+        raise ValueError(f"{run}: tested on {n_test} images; {experiment} reports runs "
+                         f"tested on all {spec['n_test']} (a data.test_subset run?)")
     if variant == "baseline" and "baselines_from" in spec:
         raise ValueError(f"{experiment} takes its baselines from {spec['baselines_from']}; "
                          f"record {run} there")
