@@ -317,7 +317,7 @@ def test_cifar_reproduction_script_trains_longer_teachers_in_runs_of_their_own(
     assert anchor in results_py.read_text()
     results_py.write_text(results_py.read_text().replace(anchor, (
         'EXPERIMENTS["cifar10_jpeg_resnet_e2"] = {"title": "e2 teachers", "teacher_epochs": 2,'
-        ' "baselines_from": "cifar10_jpeg_resnet"}\n' + anchor)))
+        ' "baselines_from": "cifar10_jpeg_resnet", "n_test": None}\n' + anchor)))  # 20 images
     data = tiny_image_folder(tmp_path / "cifar")
     script = ["bash", str(docs / "results" / "cifar10_jpeg.sh"), str(data), "3"]
     env = {**os.environ, "WANDB_MODE": "disabled", "JOBS": "2", "OUT": str(tmp_path / "out")}
