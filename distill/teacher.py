@@ -94,15 +94,18 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def newest_teacher_run(output_dir: Path, dataset: str) -> Path | None:
-    """The newest finished teacher run trained on ``dataset`` under ``output_dir``."""
+    """The newest finished teacher run trained on ``dataset`` under ``output_dir``: by the
+    finishing time its summary records (to the second), then by its summary file's
+    modification time (two runs finished within one second)."""
     if not output_dir.is_dir():
         return None
     runs = []
     for run in output_dir.iterdir():
         summary = read_summary(run) if run.is_dir() else None
         if summary and summary.get("role") == "teacher" and summary.get("dataset") == dataset:
-            runs.append((summary.get("finished_at", ""), run.name, run))
-    return max(runs)[2] if runs else None
+            runs.append((summary.get("finished_at", ""),
+                         (run / SUMMARY).stat().st_mtime_ns, run.name, run))
+    return max(runs)[-1] if runs else None
 
 
 def split_warning(location: str | None, data: dict[str, Any]) -> str | None:

@@ -80,6 +80,18 @@ def test_student_reaches_90_percent_and_names_its_teacher(runs) -> None:
     assert s["profile"]["params"] < s["teacher"]["profile"]["params"] / 10
 
 
+def test_the_temperature_flag_reaches_the_loss(runs, tmp_path) -> None:
+    """--T 2 and --T 4 (the default) from one teacher, seed and batches: the summaries record
+    each T and the weights differ, so the flag reached training, not only the recipe."""
+    common = ["--teacher", str(runs["teacher"]), "--epochs", "2", "--output-dir", str(tmp_path),
+              "--wandb", "disabled", "-q"]
+    for T in ("2", "4"):
+        invoke("student", "--T", T, "--name", f"T{T}", *common)
+    assert [summary(tmp_path / f"T{T}")["kd"]["T"] for T in "24"] == [2.0, 4.0]
+    a, b = (load_file(str(tmp_path / f"T{T}" / "model.safetensors")) for T in "24")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_soft_targets_alone_teach_the_student(runs) -> None:
     """alpha = 1: no label is ever seen, and the student still learns the digits."""
     s = summary(runs["soft_only"])
@@ -188,6 +200,9 @@ def test_eval_reproduces_the_summary_and_reports_gap(runs) -> None:
     data = json.loads(result.stdout)
     s = summary(runs["student"])
     assert data["test"]["accuracy"] == pytest.approx(s["test"]["accuracy"], abs=1e-12)
+    # accuracy can tie between epochs on 359 images; the NLL tells the last epoch's weights
+    # (which eval must load) from the best epoch's
+    assert data["test"]["nll"] == pytest.approx(s["test"]["nll"], abs=1e-9)
     # the teacher's figures against the teacher run's own evaluation (the student's summary
     # and eval may both read them from the teacher-logits cache), and the agreement, which
     # eval computes again from the student's and the teacher's test logits

@@ -71,9 +71,9 @@ def test_backend_is_agg() -> None:
 
 
 def test_learning_curves_with_validation(tmp_path: Path, drawn) -> None:
-    records = [
-        {"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "val_accuracy": 0.5 + 0.1 * e}
-        for e in range(1, 5)
+    records = [  # the best validation epoch is not the last
+        {"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "val_accuracy": acc}
+        for e, acc in zip(range(1, 5), (0.6, 0.9, 0.7, 0.8))
     ]
     out = plot_learning_curves(records, tmp_path / "curves.png", title="student")
     assert out == tmp_path / "curves.png"
@@ -86,7 +86,8 @@ def test_learning_curves_with_validation(tmp_path: Path, drawn) -> None:
                             "val cross-entropy": (epochs, [2.2 / e for e in epochs])}
     (curve,) = acc.lines
     assert list(curve.get_ydata()) == [r["val_accuracy"] for r in records]
-    assert _texts(acc) == ["best 90.00%"]  # the best epoch, marked
+    assert _texts(acc) == ["best 90.00%"]  # the best epoch, marked where it is
+    assert tuple(map(float, acc.texts[0].xy)) == (2.0, 0.9)
     assert fig._suptitle.get_text() == "student"
 
 

@@ -147,3 +147,28 @@ def test_a_teacher_trained_on_another_split_is_flagged_once(tmp_path, monkeypatc
                                      name, *common])
         assert result.exit_code == 0, result.output
         assert (warning in " ".join(result.stderr.split())) is warned, (name, result.stderr)
+
+
+def test_a_student_without_teacher_takes_the_newest_finished_teacher_of_its_dataset(
+        tmp_path) -> None:
+    """Two digits teachers, named so that name order is the reverse of finishing order, then
+    a newer teacher of another dataset: the student picks the newest digits one."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+    from test_on_disk import noisy_image_folder
+
+    runner = CliRunner()
+    common = ["--epochs", "1", "--output-dir", str(tmp_path / "out"), "--wandb", "disabled",
+              "-q"]
+    folder = noisy_image_folder(tmp_path / "rgb")
+    for name, more in (("b-older", []), ("a-newer", []),
+                       ("z-other-data", ["--dataset", f"imagefolder:{folder}"])):
+        result = runner.invoke(app, ["teach", "--name", name, *more, *common])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["student", "--name", "s", *common])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "s" / "summary.json").read_text())
+    assert summary["teacher"]["location"] == str(tmp_path / "out" / "a-newer")
