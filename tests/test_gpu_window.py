@@ -216,9 +216,8 @@ def test_a_step_out_of_time_still_returns_its_archive_and_fails(tmp_path) -> Non
     outrun it is stopped by `timeout` when the step's time is up (exit 124, its log kept),
     what then has no time left is not started (exit 124, "no time left"), the archive of what
     there is still comes back, and the step's exit status says it failed."""
-    env, _, results = staged(tmp_path, STEP_LIMIT="50", BENCH_ARGS="--epochs 1000 --subset "
-                                                                  "200 --test-subset 50 "
-                                                                  "--val-size 10")
+    bench = "--epochs 1000 --subset 200 --test-subset 50 --val-size 10"  # would outrun 50 s
+    env, _, results = staged(tmp_path, STEP_LIMIT="50", BENCH_ARGS=bench)
     start = time.monotonic()
     done = subprocess.run(["bash", str(SCRIPT), "speed"], env=env, capture_output=True,
                           text=True, timeout=300)
