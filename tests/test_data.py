@@ -794,3 +794,16 @@ def test_a_cache_file_is_replaced_whole_or_not_at_all(tmp_path) -> None:
 
     assert store_cache_file(path, full_disk) is False
     assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["x.json"]
+
+
+def test_decoded_data_are_cached_under_home_unless_distill_cache_dir_says_where(
+        tmp_path, monkeypatch) -> None:
+    """The README's default (~/.cache/distill), which the test session's own cache folder
+    (conftest) otherwise hides."""
+    from distill.data import cache_dir
+
+    monkeypatch.delenv("DISTILL_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / ".cache" / "distill"
+    monkeypatch.setenv("DISTILL_CACHE_DIR", "~/elsewhere")
+    assert cache_dir() == tmp_path / "elsewhere"
