@@ -61,12 +61,9 @@ def pipeline(recipe, suffix: str, teacher_run=None) -> tuple[api.RunResult, dict
     shutil.rmtree(Path(source) / FOLDER, ignore_errors=True)  # the cached run pays for it
     student, student_seconds = timed(api.student, recipe, {"student.teacher": source},
                                      name=f"student{suffix}", quiet=True)
-    if recipe.student.augment.active():  # it ran the teacher on every batch already
-        live, live_seconds = student, student_seconds
-    else:
-        live, live_seconds = timed(api.student, recipe, {"student.teacher": source,
-                                                         "student.teacher_cache": False},
-                                   name=f"student-per-batch{suffix}", quiet=True)
+    live, live_seconds = timed(api.student, recipe, {"student.teacher": source,
+                                                     "student.teacher_cache": False},
+                               name=f"student-per-batch{suffix}", quiet=True)
     return teacher, {"teacher_seconds": teacher_seconds, "student_seconds": student_seconds,
                      "student_per_batch_seconds": live_seconds,
                      "teacher_test": teacher.summary["test"]["accuracy"],
