@@ -282,10 +282,10 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
                         parts["loss"].mean().item() if shown else None)
             if (on_checkpoint is not None and every_steps and step % every_steps == 0
                     and i + 1 < per_epoch):
-                check_finite(sums, epoch, recipes)  # a checkpoint never holds a diverged chunk
+                check_finite(sums, epoch, recipes, amp)  # a checkpoint never holds a diverged chunk
                 on_checkpoint(ChunkPosition(epoch, i + 1, sums, seen))
         seconds = time.perf_counter() - start_time
-        check_finite(sums, epoch, recipes)
+        check_finite(sums, epoch, recipes, amp)
         val = _val(students, data)
         for i in range(students.size):
             record = {"epoch": epoch + 1, "step": step,
@@ -306,18 +306,21 @@ def fit_stacked(students: StackedStudents, optimizer, scheduler, data: DataBundl
             on_checkpoint(ChunkPosition(epoch + 1))
 
 
-def check_finite(sums: dict[str, Tensor], epoch: int, recipes: list[Recipe]) -> None:
+def check_finite(sums: dict[str, Tensor], epoch: int, recipes: list[Recipe],
+                 amp: bool = False) -> None:
     """Stop a chunk whose students' running loss (``sums["loss"]`` [S]) is not finite: the
-    students with a non-finite loss are named by seed, T and alpha."""
+    students with a non-finite loss are named by seed, T and alpha, with the advice a single
+    run gets (clipping, which sends a sweep to sequential mode, included)."""
     finite = torch.isfinite(sums["loss"])
     if bool(finite.all()):
         return
-    from distill.errors import DistillError
+    from distill.errors import DistillError, divergence_advice
 
     bad = [f"seed {r.seed}, T {r.student.T:g}, alpha {r.student.alpha:g}"
            for r, ok in zip(recipes, finite.tolist()) if not ok]
+    advice = divergence_advice(recipes[0].student.optim.grad_clip, amp)
     raise DistillError(f"non-finite loss in epoch {epoch + 1} for the student(s) with "
-                       f"{'; '.join(bad)}; lower the learning rate (optim.lr)")
+                       f"{'; '.join(bad)}; {advice}")
 
 
 def _val(students: StackedStudents, data: DataBundle) -> tuple[list[float], list[float]] | None:

@@ -176,7 +176,7 @@ class Recipe(_Strict):
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
     output_dir: str = "outputs"
     deterministic: bool = False  # torch's deterministic algorithms (bitwise repeatable on GPU)
-    amp: bool | None = None  # bf16 autocast (loss in float32); None: on where the GPU has bf16
+    amp: bool | None = None  # bf16 autocast (loss in float32); None: on where the GPU has native bf16
     channels_last: bool | None = None  # channels-last memory for conv nets; None: on CUDA and CPU
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     data: DataConfig = Field(default_factory=DataConfig)

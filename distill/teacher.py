@@ -109,18 +109,25 @@ def newest_teacher_run(output_dir: Path, dataset: str) -> Path | None:
 
 
 def split_warning(location: str | None, data: dict[str, Any]) -> str | None:
-    """A warning when the teacher run at ``location`` was trained on another split of the
-    data than a student's (``data``: the student's ``DataBundle.description``) that holds a
-    validation split: the teacher may have trained on the student's validation images, so
-    choices made on that validation (epochs, T, alpha) may favour it. None when the splits
-    agree, the student has no validation split, or the teacher is not a run of ours."""
+    """A warning when the teacher run at ``location`` may have trained on validation images
+    of a student (``data``: the student's ``DataBundle.description``), so that choices made on
+    that validation (epochs, T, alpha) may favour it. Both carve their validation split from
+    the same shuffled order of the dataset's training images (a permutation drawn from
+    ``data_seed``; the subset is drawn after it), taking its first ``val`` images: the
+    teacher trained on none of the student's when the seeds agree and its own validation
+    split is at least as large. None then, and when the student has no validation split,
+    its images come from a ``val/`` folder of their own (nothing carved), the teacher is of
+    another dataset, or it is not a run of ours."""
     summary = read_summary(Path(location)) if location and Path(location).is_dir() else None
     theirs = (summary or {}).get("data") or {}
-    if not theirs or not data.get("val"):
+    if not theirs or not data.get("val") or theirs.get("dataset") != data.get("dataset"):
         return None
-    keys = ("train", "val", "data_seed", "subset")
-    if all(theirs.get(k) == data.get(k) for k in keys):
+    dataset = str(data.get("dataset", ""))
+    if dataset.startswith("imagefolder:") and (Path(dataset.split(":", 1)[1]) / "val").is_dir():
         return None
+    if theirs.get("data_seed") == data.get("data_seed") and (theirs.get("val") or 0) >= data["val"]:
+        return None
+    keys = ("val", "data_seed")
     split = lambda d: ", ".join(f"{k} {d.get(k)}" for k in keys)  # noqa: E731
     return (f"warning: the teacher was trained on another split ({split(theirs)}) than this "
             f"run's ({split(data)}): it may have seen this run's validation images, so "

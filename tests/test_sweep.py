@@ -580,7 +580,8 @@ def test_a_diverging_chunk_stops_before_its_checkpoint_and_names_its_students(tm
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines()[-1] == (
         "error: non-finite loss in epoch 1 for the student(s) with seed 0, T 2, alpha 0.5; "
-        "seed 0, T 4, alpha 0.5; lower the learning rate (optim.lr)")
+        "seed 0, T 4, alpha 0.5; lower the learning rate (optim.lr) or add grad clipping "
+        "(optim.grad_clip)")
     assert not list((tmp_path / "nan").glob("chunk-*.pt"))
 
 
